@@ -1,0 +1,3 @@
+from flowvae.cli import main
+
+raise SystemExit(main())

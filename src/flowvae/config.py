@@ -1,0 +1,112 @@
+"""Study configuration: load YAML, apply overrides, validate against the JSON schema.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys,
+types and defaults; Snakemake validates the same file with ``validate()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+from flowvae.errors import ConfigError  # noqa: E402  (re-exported)
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(schema: dict, instance: Any) -> Any:
+    """Recursively insert schema defaults for missing object properties."""
+    if not isinstance(instance, dict) or schema.get("type") != "object":
+        return instance
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            instance[key] = _fill_defaults(sub, instance[key])
+    return instance
+
+
+def _key_of(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        name = ".".join(filter(None, [path, extra[0] if extra else ""]))
+        return name or "<top level>"
+    return path or "<top level>"
+
+
+def validate(cfg: dict) -> dict:
+    """Return a validated copy of ``cfg`` with defaults filled; raise ConfigError naming the key."""
+    schema = load_schema()
+    cfg = _fill_defaults(schema, copy.deepcopy(cfg))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"config key '{_key_of(err)}': {err.message}")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
+    node = cfg
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{'.'.join(keys)}': '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def load(
+    paths: list[str | os.PathLike] | None = None,
+    settings: str | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Merge YAML files (later wins, section by section), a JSON string, and key=value overrides."""
+    cfg: dict = {}
+    for path in paths or []:
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} does not hold a mapping")
+        _merge(cfg, loaded)
+    if settings:
+        _merge(cfg, json.loads(settings))
+    for text in overrides or []:
+        set_dotted(cfg, *parse_override(text))
+    return validate(cfg)
+
+
+def _merge(base: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "variants":
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
+def variant_settings(cfg: dict, variant: str) -> dict:
+    """The posterior family and its settings for ``variant``; raise ConfigError if unknown."""
+    if variant not in cfg["variants"]:
+        known = ", ".join(sorted(cfg["variants"]))
+        raise ConfigError(f"config key 'variants': unknown variant '{variant}' (known: {known})")
+    return dict(cfg["variants"][variant])
