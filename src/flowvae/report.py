@@ -1,0 +1,344 @@
+"""Tables of the study: collect every evaluation into one CSV and summarize it across seeds.
+
+``aggregate`` turns the per-run ``metrics.json`` files (and Snakemake's benchmark files) into
+one row per variant x seed; ``summarize`` writes the markdown report: mean +- sd per variant,
+paired differences against the reference variant (95% t interval, paired t-test) and one
+sentence, computed from the numbers, saying whether the study's claim holds on this run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from flowvae import io
+from flowvae.errors import FlowvaeError
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "variant", "seed", "family", "n_test", "test_neg_elbo", "test_rec", "test_kl",
+    "test_iwae_nll", "exact_nll", "mean_gap", "eval_seconds", "eval_seconds_per_image",
+    "train_seconds", "seconds_per_epoch", "epochs", "n_params", "final_train_loss",
+    "final_val_loss",
+)  # fmt: skip
+SWEEP_KEYS = ("sweep", "sweep_value")
+BENCHMARK_STAGES = {"train": "train", "evaluate": "eval"}
+SUMMARY_COLUMNS = {
+    "test_neg_elbo": "test loss (-ELBO, nats)",
+    "test_rec": "reconstruction (nats)",
+    "test_kl": "KL term (nats)",
+    "test_iwae_nll": "IWAE NLL (nats)",
+    "exact_nll": "exact NLL (nats)",
+    "mean_gap": "posterior gap (nats)",
+    "seconds_per_epoch": "s / epoch",
+    "eval_seconds_per_image": "eval s / image",
+}
+CLAIM = "both flows reach a lower test loss than the standard VAE"
+
+
+# ----------------------------------------------------------------------------- aggregate
+
+
+def _read_metrics(path: Path) -> dict:
+    """One metrics.json as a dict; a missing file, bad JSON or missing key names the file."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise FlowvaeError(f"metrics file {path} does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise FlowvaeError(f"metrics file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise FlowvaeError(f"metrics file {path} does not hold a JSON object")
+    missing = [k for k in METRIC_KEYS if k not in record]
+    if missing:
+        raise FlowvaeError(f"metrics file {path} lacks the key(s) {', '.join(missing)}")
+    # Non-scalar sweep values (e.g. a list of widths) go into the CSV as JSON text.
+    return {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in record.items()}
+
+
+def _benchmark_key(path: Path) -> tuple[str, str, int, tuple[str, ...]]:
+    """(stage, variant, seed, folder parts before the stage) from '.../{stage}/{variant}/seed{n}.tsv'."""
+    parts = Path(path).parts
+    name = parts[-1] if parts else ""
+    if (
+        len(parts) < 3
+        or parts[-3] not in BENCHMARK_STAGES
+        or not name.startswith("seed")
+        or not name.endswith(".tsv")
+        or not name[4:-4].isdigit()
+    ):
+        raise FlowvaeError(
+            f"benchmark file {path} does not end in train|evaluate/{{variant}}/seed{{seed}}.tsv"
+        )
+    prefix = tuple(parts[:-3])
+    if prefix and prefix[-1] == "benchmarks":
+        prefix = prefix[:-1]
+    return parts[-3], parts[-2], int(name[4:-4]), prefix
+
+
+def _read_benchmark(path: Path) -> tuple[float, float]:
+    """(wall seconds, max RSS in MB) of a Snakemake benchmark TSV (mean / max over its rows)."""
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except FileNotFoundError as exc:
+        raise FlowvaeError(f"benchmark file {path} does not exist") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise FlowvaeError(f"benchmark file {path} is not a Snakemake benchmark: {exc}") from exc
+    if "s" not in table or "max_rss" not in table or table.empty:
+        raise FlowvaeError(f"benchmark file {path} lacks the columns s and max_rss or a row")
+    seconds = pd.to_numeric(table["s"], errors="coerce").mean()
+    rss = pd.to_numeric(table["max_rss"], errors="coerce").max()
+    return float(seconds), float(rss)
+
+
+def _common_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """Number of trailing path components two folder prefixes share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def _match_benchmarks(rows: list[dict], eval_paths: list[Path], benchmarks: Sequence[Path]) -> None:
+    """Add train_benchmark_s, eval_benchmark_s and train_max_rss_mb to each row in place.
+
+    A benchmark matches a row by stage, variant and seed; when several do (sweeps), the one
+    whose folder shares the longest tail with the metrics file's folder (above eval/) wins.
+    """
+    keyed = [(_benchmark_key(p), p) for p in benchmarks]
+    used = set()
+    for row, path in zip(rows, eval_paths, strict=True):
+        eval_prefix = tuple(Path(path).parts[:-4])
+        for stage, column in BENCHMARK_STAGES.items():
+            candidates = [
+                (_common_tail(key[3], eval_prefix), p)
+                for key, p in keyed
+                if key[:3] == (stage, str(row["variant"]), int(row["seed"]))
+            ]
+            row[f"{column}_benchmark_s"] = math.nan
+            if stage == "train":
+                row["train_max_rss_mb"] = math.nan
+            if not candidates:
+                log.warning("no %s benchmark for %s", stage, path)
+                continue
+            best = max(score for score, _ in candidates)
+            chosen = [p for score, p in candidates if score == best]
+            if len(chosen) > 1:
+                names = ", ".join(map(str, chosen))
+                raise FlowvaeError(f"benchmark files {names} all match {path}; cannot choose")
+            seconds, rss = _read_benchmark(chosen[0])
+            used.add(chosen[0])
+            row[f"{column}_benchmark_s"] = seconds
+            if stage == "train":
+                row["train_max_rss_mb"] = rss
+    for p in set(benchmarks) - used:
+        log.warning("benchmark file %s matches no metrics file", p)
+
+
+def _sort_value(value) -> tuple:
+    """Sort key for mixed values: numbers (numerically), then text, then missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return (2, 0.0, "")
+    if isinstance(value, bool | int | float | np.number):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def aggregate(eval_paths: list[Path], out: Path, benchmarks: Sequence[Path] = ()) -> pd.DataFrame:
+    """One row per metrics.json (plus benchmark columns), sorted by sweep, variant and seed; to CSV."""
+    if not eval_paths:
+        raise FlowvaeError("aggregate needs at least one metrics.json file")
+    rows = [_read_metrics(Path(p)) for p in eval_paths]
+    if benchmarks:
+        _match_benchmarks(rows, [Path(p) for p in eval_paths], [Path(p) for p in benchmarks])
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: tuple(_sort_value(rows[i].get(k)) for k in (*SWEEP_KEYS, "variant", "seed")),
+    )
+    seen: dict[tuple, Path] = {}
+    for i in order:
+        key = tuple(str(rows[i].get(k)) for k in (*SWEEP_KEYS, "variant", "seed"))
+        if key in seen:
+            raise FlowvaeError(f"metrics files {seen[key]} and {eval_paths[i]} are the same run")
+        seen[key] = eval_paths[i]
+    df = pd.DataFrame([rows[i] for i in order])
+    sweep_cols = [c for c in SWEEP_KEYS if c in df.columns]
+    df = df[sweep_cols + [c for c in df.columns if c not in sweep_cols]]
+    io.write_csv(df, out)
+    log.info("wrote %d rows to %s", len(df), out)
+    return df
+
+
+# ----------------------------------------------------------------------------- summarize
+
+
+def _fmt(value: float) -> str:
+    """A number for the tables: 2 decimals, or 3 significant digits when small."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) < 2:
+        return _fmt(values.mean())
+    return f"{_fmt(values.mean())} ± {_fmt(values.std(ddof=1))}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _variant_table(df: pd.DataFrame, variants: list[str]) -> list[str]:
+    """Mean ± sd over seeds of every summary column that has a value."""
+    cols = [c for c in SUMMARY_COLUMNS if c in df and df[c].notna().any()]
+    rows = []
+    for v in variants:
+        sub = df[df["variant"] == v]
+        rows.append([v, str(sub["seed"].nunique())] + [_mean_sd(sub[c]) for c in cols])
+    header = ["variant", "seeds"] + [SUMMARY_COLUMNS[c] for c in cols]
+    return _table(header, rows)
+
+
+def paired_difference(df: pd.DataFrame, variant: str, reference: str, column: str) -> dict:
+    """Per-seed difference variant - reference in ``column``: mean, 95% t interval, paired p."""
+    a = df[df["variant"] == variant].set_index("seed")[column]
+    b = df[df["variant"] == reference].set_index("seed")[column]
+    pairs = pd.concat({"variant": a, "reference": b}, axis=1, join="inner").dropna().sort_index()
+    diff = pairs["variant"] - pairs["reference"]
+    n = len(diff)
+    result = {"pairs": pairs, "diff": diff, "n": n, "mean": float(diff.mean()) if n else math.nan}
+    result.update(ci_low=math.nan, ci_high=math.nan, p=math.nan)
+    if n >= 2:
+        half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)
+        result.update(ci_low=result["mean"] - half, ci_high=result["mean"] + half)
+        result["p"] = float(stats.ttest_rel(pairs["variant"], pairs["reference"]).pvalue)
+    result["unpaired"] = sorted((set(a.index) ^ set(b.index)))
+    return result
+
+
+def _difference_lines(df: pd.DataFrame, variant: str, reference: str, column: str) -> list[str]:
+    """The per-seed table and the interval / test sentence for one column."""
+    r = paired_difference(df, variant, reference, column)
+    name = SUMMARY_COLUMNS[column]
+    if r["n"] == 0:
+        return [f"No seed has both {variant} and {reference} for {name}."]
+    rows = [
+        [str(seed), _fmt(p["reference"]), _fmt(p["variant"]), f"{p['variant'] - p['reference']:+.2f}"]
+        for seed, p in r["pairs"].iterrows()
+    ]
+    lines = _table(["seed", reference, variant, "difference"], rows) + [""]
+    if r["n"] < 2:
+        lines.append(
+            f"Mean difference in {name}: {r['mean']:+.2f} nats from 1 seed; the interval and the "
+            "paired t-test need 2+ seeds."
+        )
+    else:
+        p = "undefined (identical differences)" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+        lines.append(
+            f"Mean difference in {name} ({variant} - {reference}): {r['mean']:+.2f} nats, "
+            f"95% t interval [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] over {r['n']} seeds; "
+            f"paired t-test p = {p}."
+        )
+    if r["unpaired"]:
+        lines.append(f"Seeds without a pair (left out): {', '.join(map(str, r['unpaired']))}.")
+    return lines
+
+
+def _cost_line(df: pd.DataFrame, variant: str, reference: str) -> str | None:
+    """Training cost of ``variant`` relative to the reference (mean seconds per epoch)."""
+    if "seconds_per_epoch" not in df:
+        return None
+    a = df.loc[df["variant"] == variant, "seconds_per_epoch"].mean()
+    b = df.loc[df["variant"] == reference, "seconds_per_epoch"].mean()
+    if not (np.isfinite(a) and np.isfinite(b)) or b <= 0:
+        return None
+    return f"Training cost: {a:.3g} s/epoch vs {b:.3g} s/epoch for {reference} ({a / b:.2f}x)."
+
+
+def claim_sentence(df: pd.DataFrame, reference: str, flows: list[str]) -> str:
+    """One sentence, from the numbers, on whether every flow beats the reference test loss."""
+    head = f'The claim "{CLAIM}"'
+    if reference not in set(df["variant"]):
+        return f"{head} cannot be checked: the reference variant {reference} is not in the metrics."
+    if not flows:
+        return f"{head} cannot be checked: there is no variant besides {reference}."
+    fails, mean_fails, empty = [], [], []
+    for v in flows:
+        r = paired_difference(df, v, reference, "test_neg_elbo")
+        if r["n"] == 0:
+            empty.append(v)
+            continue
+        bad = [str(s) for s, d in r["diff"].items() if not d < 0]
+        if bad:
+            word = "seed" if len(bad) == 1 else "seeds"
+            fails.append(f"{v} is not lower than {reference} for {word} {', '.join(bad)}")
+        if not r["mean"] < 0:
+            mean_fails.append(v)
+    if empty:
+        return f"{head} cannot be checked: no seed pairs {', '.join(empty)} with {reference}."
+    if not fails:
+        return (
+            f"{head} holds on this run: every flow ({', '.join(flows)}) has a lower mean test "
+            f"loss than {reference}, and lower for every seed."
+        )
+    if not mean_fails:
+        return (
+            f"{head} does not hold for every seed (only partially): every flow has a lower mean "
+            f"test loss than {reference}, but {'; '.join(fails)}."
+        )
+    return f"{head} does not hold on this run: {'; '.join(fails)}."
+
+
+def _summary_lines(df: pd.DataFrame, reference: str) -> list[str]:
+    """The markdown of one group of runs (the whole study, or one value of a sweep)."""
+    variants = sorted(df["variant"].unique(), key=lambda v: (v != reference, v))
+    lines = ["Mean ± sd over seeds (lower is better for the losses).", ""]
+    lines += _variant_table(df, variants) + [""]
+    flows = [v for v in variants if v != reference]
+    if reference not in variants:
+        lines.append(f"Comparison not possible: the reference variant {reference} is not here.")
+        return lines + ["", claim_sentence(df, reference, flows)]
+    for v in flows:
+        lines += [f"### {v} vs {reference}", ""]
+        lines += _difference_lines(df, v, reference, "test_neg_elbo") + [""]
+        if "exact_nll" in df and df.loc[df["variant"].isin([v, reference]), "exact_nll"].notna().any():
+            lines += _difference_lines(df, v, reference, "exact_nll") + [""]
+        cost = _cost_line(df, v, reference)
+        if cost:
+            lines += [cost, ""]
+    return lines + ["### Claim", "", claim_sentence(df, reference, flows)]
+
+
+def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
+    """Markdown summary of metrics.csv (per sweep value when present); written to ``out``."""
+    try:
+        df = pd.read_csv(metrics_csv)
+    except FileNotFoundError as exc:
+        raise FlowvaeError(f"metrics table {metrics_csv} does not exist") from exc
+    missing = [c for c in ("variant", "seed", "test_neg_elbo") if c not in df]
+    if missing or df.empty:
+        raise FlowvaeError(f"metrics table {metrics_csv} lacks rows or the columns {missing}")
+    df["variant"] = df["variant"].astype(str)
+    lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
+    if "sweep" in df and df["sweep"].notna().any():
+        groups = df.groupby(["sweep", "sweep_value"], sort=False, dropna=False)
+        for (sweep, value), sub in groups:
+            lines += [f"## Sweep {sweep} = {value}", ""] + _summary_lines(sub, reference) + [""]
+    else:
+        lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
+    text = "\n".join(lines).rstrip() + "\n"
+    io.write_text(out, text)
+    return text

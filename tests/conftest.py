@@ -1,0 +1,88 @@
+"""Shared pytest fixtures. Keep each fixture small and documented; append new ones below."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The offline MNIST copy (see its README.md), a sibling of the repository.
+MNIST_MIRROR = (REPO_ROOT / ".." / "shared" / "data" / "mnist").resolve()
+
+# ----------------------------------------------------------------------------- MNIST data
+
+
+@dataclass(frozen=True)
+class IdxFiles:
+    """Small fake MNIST written by ``idx_dir``: folder, label counts per digit and raw hashes."""
+
+    path: Path
+    train_counts: tuple[int, ...]  # images of digit 0..9 in the training file
+    test_counts: tuple[int, ...]  # images of digit 0..9 in the test file
+    sha256: dict[str, str]  # file name -> SHA-256 (for download(checksums=...))
+
+
+# 300 training and 100 test images; every digit present, all counts different enough to matter.
+FAKE_TRAIN_COUNTS = (20, 25, 30, 35, 40, 25, 30, 35, 30, 30)
+FAKE_TEST_COUNTS = (5, 8, 10, 12, 15, 10, 10, 10, 10, 10)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (magic 0x0000080N, big-endian dims, payload)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def _fake_split(counts: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Random images whose pixel 0 is the label and pixels 1-2 the index (hi, lo byte)."""
+    labels = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), counts))
+    images = rng.integers(0, 256, size=(len(labels), 28, 28), dtype=np.uint8)
+    flat = images.reshape(len(labels), -1)
+    flat[:, 0] = labels
+    flat[:, 1] = np.arange(len(labels)) // 256
+    flat[:, 2] = np.arange(len(labels)) % 256
+    return images, labels
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> IdxFiles:
+    """Valid raw IDX files with the four real MNIST names, in ``tmp_path / "raw"``."""
+    from flowvae import data
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    rng = np.random.default_rng(12345)
+    train_x, train_y = _fake_split(FAKE_TRAIN_COUNTS, rng)
+    test_x, test_y = _fake_split(FAKE_TEST_COUNTS, rng)
+    arrays = {
+        data.TRAIN_IMAGES: train_x,
+        data.TRAIN_LABELS: train_y,
+        data.TEST_IMAGES: test_x,
+        data.TEST_LABELS: test_y,
+    }
+    for name, array in arrays.items():
+        _write_idx(folder / name, array)
+    sha = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in arrays}
+    return IdxFiles(folder, FAKE_TRAIN_COUNTS, FAKE_TEST_COUNTS, sha)
+
+
+@pytest.fixture(scope="session")
+def mnist_mirror() -> Path:
+    """The offline MNIST mirror (../shared/data/mnist); skips the test when it is absent."""
+    if not MNIST_MIRROR.is_dir():
+        pytest.skip(f"offline MNIST mirror {MNIST_MIRROR} not present")
+    return MNIST_MIRROR
+
+
+@pytest.fixture(scope="session")
+def real_raw_dir(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four real raw MNIST files, downloaded (and verified) once per session."""
+    from flowvae import data
+
+    out = tmp_path_factory.mktemp("mnist_raw")
+    data.download(out, mirror=mnist_mirror)
+    return out
