@@ -20,11 +20,24 @@ log = logging.getLogger("flowvae")
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("configuration (merged in this order, then validated)")
-    g.add_argument("--config", action="append", default=[], metavar="YAML",
-                   help="config file; may be repeated, later files win (default: schema defaults)")
-    g.add_argument("--settings", metavar="JSON", help="config as a JSON string (used by the pipeline)")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override one key, e.g. --set train.lr=3e-4 (value parsed as YAML)")
+    g.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config file; may be repeated, later files win (default: schema defaults)",
+    )
+    g.add_argument(
+        "--settings", metavar="JSON", help="config as a JSON string (used by the pipeline)"
+    )
+    g.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override one key, e.g. --set train.lr=3e-4 (value parsed as YAML)",
+    )
 
 
 def _cfg(args: argparse.Namespace) -> dict:
@@ -49,23 +62,38 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = _cfg(args)
     config_mod.variant_settings(cfg, args.variant)
-    train.train(cfg, args.variant, args.seed, Path(args.data), Path(args.out),
-                threads=args.threads, resume=args.resume, progress=not args.no_progress)
+    train.train(
+        cfg,
+        args.variant,
+        args.seed,
+        Path(args.data),
+        Path(args.out),
+        threads=args.threads,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from flowvae import evaluate
 
     cfg = _cfg(args)
-    evaluate.evaluate(cfg, Path(args.model), Path(args.data), Path(args.out),
-                      threads=args.threads, progress=not args.no_progress)
+    evaluate.evaluate(
+        cfg,
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from flowvae import report
 
-    report.aggregate([Path(p) for p in args.evals], Path(args.out),
-                     benchmarks=[Path(p) for p in args.benchmarks])
+    report.aggregate(
+        [Path(p) for p in args.evals], Path(args.out), benchmarks=[Path(p) for p in args.benchmarks]
+    )
 
 
 def cmd_summarize(args: argparse.Namespace) -> None:
@@ -91,52 +119,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("download", help="fetch and verify the four MNIST files",
-                       description="Fetch the four MNIST IDX files (public mirrors, or a local "
-                       "mirror folder holding .gz or raw files), verify their SHA-256 and write "
-                       "the raw files into OUT. A bad file is deleted and named in the error.")
+    p = sub.add_parser(
+        "download",
+        help="fetch and verify the four MNIST files",
+        description="Fetch the four MNIST IDX files (public mirrors, or a local "
+        "mirror folder holding .gz or raw files), verify their SHA-256 and write "
+        "the raw files into OUT. A bad file is deleted and named in the error.",
+    )
     p.add_argument("--out", required=True, help="folder for the raw IDX files")
-    p.add_argument("--mirror", default=None,
-                   help="local mirror folder (default: $FLOWVAE_MNIST_MIRROR, else the network)")
+    p.add_argument(
+        "--mirror",
+        default=None,
+        help="local mirror folder (default: $FLOWVAE_MNIST_MIRROR, else the network)",
+    )
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("prepare", help="digit subset, splits and binarization -> one tensor file",
-                       description="Filter the digits, split train/validation with a fixed seed, "
-                       "binarize validation and test once (and train when static) and save all "
-                       "tensors in one file.")
+    p = sub.add_parser(
+        "prepare",
+        help="digit subset, splits and binarization -> one tensor file",
+        description="Filter the digits, split train/validation with a fixed seed, "
+        "binarize validation and test once (and train when static) and save all "
+        "tensors in one file.",
+    )
     p.add_argument("--raw", required=True, help="folder with the raw IDX files (from download)")
     p.add_argument("--out", required=True, help="output .pt file")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train one variant with one seed",
-                       description="Train one VAE variant; writes model.pt, history.csv, "
-                       "train.json and periodic checkpoint.pt into OUT.")
+    p = sub.add_parser(
+        "train",
+        help="train one variant with one seed",
+        description="Train one VAE variant; writes model.pt, history.csv, "
+        "train.json and periodic checkpoint.pt into OUT.",
+    )
     p.add_argument("--data", required=True, help="prepared data file (from prepare)")
     p.add_argument("--variant", required=True, help="a name under 'variants' in the config")
     p.add_argument("--seed", required=True, type=int)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: train.threads)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/checkpoint.pt when it exists")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: train.threads)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test loss, IWAE, exact 2-D likelihood and posterior grids",
-                       description="Evaluate a trained model on the test set: negative ELBO and "
-                       "its terms per image, the IWAE bound, log p(x) by quadrature when the "
-                       "latent space is 2-D, and log q / log p(x, z) on a grid for the figures.")
+    p = sub.add_parser(
+        "evaluate",
+        help="test loss, IWAE, exact 2-D likelihood and posterior grids",
+        description="Evaluate a trained model on the test set: negative ELBO and "
+        "its terms per image, the IWAE bound, log p(x) by quadrature when the "
+        "latent space is 2-D, and log q / log p(x, z) on a grid for the figures.",
+    )
     p.add_argument("--model", required=True, help="model.pt from train")
     p.add_argument("--data", required=True, help="prepared data file")
     p.add_argument("--out", required=True, help="evaluation folder")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: evaluate.threads)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: evaluate.threads)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("aggregate", help="collect every evaluation into one CSV",
-                       description="One row per variant x seed (plus sweep columns) in a CSV.")
+    p = sub.add_parser(
+        "aggregate",
+        help="collect every evaluation into one CSV",
+        description="One row per variant x seed (plus sweep columns) in a CSV.",
+    )
     p.add_argument("--evals", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
     p.add_argument("--out", required=True, help="output CSV")
@@ -148,8 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .md file")
     p.set_defaults(func=cmd_summarize)
 
-    p = sub.add_parser("figure", help="render one figure (PNG and/or PDF)",
-                       description="Render the figure NAME from its input files.")
+    p = sub.add_parser(
+        "figure",
+        help="render one figure (PNG and/or PDF)",
+        description="Render the figure NAME from its input files.",
+    )
     p.add_argument("name", help="figure name, e.g. posterior_panel, test_loss, loss_curves")
     p.add_argument("--inputs", nargs="+", required=True, help="input files of the figure")
     p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
@@ -160,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         args.func(args)
     except FlowvaeError as exc:

@@ -60,12 +60,17 @@ def _read_metrics(path: Path) -> dict:
     missing = [k for k in METRIC_KEYS if k not in record]
     if missing:
         raise FlowvaeError(f"metrics file {path} lacks the key(s) {', '.join(missing)}")
-    # Non-scalar sweep values (e.g. a list of widths) go into the CSV as JSON text.
-    return {k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in record.items()}
+    row = {}
+    for key, value in record.items():  # {"quadrature": {"points": 300}} -> quadrature_points
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            # Lists (e.g. a swept list of widths) go into the CSV as JSON text.
+            row[f"{key}_{sub}" if sub else key] = json.dumps(v) if isinstance(v, list | dict) else v
+    return row
 
 
 def _benchmark_key(path: Path) -> tuple[str, str, int, tuple[str, ...]]:
-    """(stage, variant, seed, folder parts before the stage) from '.../{stage}/{variant}/seed{n}.tsv'."""
+    """(stage, variant, seed, folders above) from '.../{stage}/{variant}/seed{n}.tsv'."""
     parts = Path(path).parts
     name = parts[-1] if parts else ""
     if (
@@ -153,7 +158,7 @@ def _sort_value(value) -> tuple:
 
 
 def aggregate(eval_paths: list[Path], out: Path, benchmarks: Sequence[Path] = ()) -> pd.DataFrame:
-    """One row per metrics.json (plus benchmark columns), sorted by sweep, variant and seed; to CSV."""
+    """One row per metrics.json (+ benchmark columns), sorted by sweep, variant, seed; to CSV."""
     if not eval_paths:
         raise FlowvaeError("aggregate needs at least one metrics.json file")
     rows = [_read_metrics(Path(p)) for p in eval_paths]
@@ -188,12 +193,15 @@ def _fmt(value: float) -> str:
 
 
 def _mean_sd(values: pd.Series) -> str:
+    """'mean ± sd' with the sd at the mean's precision; the mean alone for one value."""
     values = values.dropna()
     if values.empty:
         return "n/a"
+    mean = values.mean()
     if len(values) < 2:
-        return _fmt(values.mean())
-    return f"{_fmt(values.mean())} ± {_fmt(values.std(ddof=1))}"
+        return _fmt(mean)
+    spec = ".2f" if abs(mean) >= 1 else ".3g"
+    return f"{mean:{spec}} ± {values.std(ddof=1):{spec}}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -224,25 +232,33 @@ def paired_difference(df: pd.DataFrame, variant: str, reference: str, column: st
     if n >= 2:
         half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)
         result.update(ci_low=result["mean"] - half, ci_high=result["mean"] + half)
-        result["p"] = float(stats.ttest_rel(pairs["variant"], pairs["reference"]).pvalue)
-    result["unpaired"] = sorted((set(a.index) ^ set(b.index)))
+        if diff.std(ddof=1) > 1e-9 * max(1.0, abs(result["mean"])):  # else p is undefined
+            result["p"] = float(stats.ttest_rel(pairs["variant"], pairs["reference"]).pvalue)
+    result["unpaired"] = sorted(set(a.index) ^ set(b.index))
     return result
 
 
 def _difference_lines(df: pd.DataFrame, variant: str, reference: str, column: str) -> list[str]:
     """The per-seed table and the interval / test sentence for one column."""
     r = paired_difference(df, variant, reference, column)
-    name = SUMMARY_COLUMNS[column]
+    name = SUMMARY_COLUMNS[column].split(" (")[0]
     if r["n"] == 0:
         return [f"No seed has both {variant} and {reference} for {name}."]
     rows = [
-        [str(seed), _fmt(p["reference"]), _fmt(p["variant"]), f"{p['variant'] - p['reference']:+.2f}"]
+        [
+            str(seed),
+            _fmt(p["reference"]),
+            _fmt(p["variant"]),
+            f"{p['variant'] - p['reference']:+.2f}",
+        ]
         for seed, p in r["pairs"].iterrows()
     ]
-    lines = _table(["seed", reference, variant, "difference"], rows) + [""]
+    header = ["seed", reference, variant, f"{variant} - {reference}"]
+    title = SUMMARY_COLUMNS[column]
+    lines = [f"{title[0].upper()}{title[1:]} by seed:", ""] + _table(header, rows) + [""]
     if r["n"] < 2:
         lines.append(
-            f"Mean difference in {name}: {r['mean']:+.2f} nats from 1 seed; the interval and the "
+            f"Difference in {name}: {r['mean']:+.2f} nats from 1 seed; the interval and the "
             "paired t-test need 2+ seeds."
         )
     else:
@@ -314,7 +330,10 @@ def _summary_lines(df: pd.DataFrame, reference: str) -> list[str]:
     for v in flows:
         lines += [f"### {v} vs {reference}", ""]
         lines += _difference_lines(df, v, reference, "test_neg_elbo") + [""]
-        if "exact_nll" in df and df.loc[df["variant"].isin([v, reference]), "exact_nll"].notna().any():
+        if (
+            "exact_nll" in df
+            and df.loc[df["variant"].isin([v, reference]), "exact_nll"].notna().any()
+        ):
             lines += _difference_lines(df, v, reference, "exact_nll") + [""]
         cost = _cost_line(df, v, reference)
         if cost:

@@ -17,7 +17,7 @@ DATA_DIM = 784
 
 
 class VAE(nn.Module):
-    """p(z) = N(0, I), p(x|z) = prod_j Bernoulli(x_j; sigmoid(decoder(z)_j)), q(z|x) from a family."""
+    """p(z) = N(0, I), p(x|z) = prod_j Bernoulli(x_j; sigmoid(l_j(z))), q(z|x) from a family."""
 
     def __init__(
         self,

@@ -5,8 +5,6 @@ z = mu + sigma * eps,  log q(z|x) = sum_i [ -eps_i^2/2 - log sigma_i - log(2 pi)
 
 from __future__ import annotations
 
-import torch
-
 from flowvae.posteriors.base import PosteriorFamily
 
 
@@ -14,6 +12,7 @@ class Posterior(PosteriorFamily):
     """Diagonal Gaussian q(z|x) = N(mu(x), diag sigma(x)^2); the flow is the identity.
 
     Example:
+        >>> import torch
         >>> q = Posterior(latent_dim=2)
         >>> z, log_q = q.sample(torch.zeros(3, 2), torch.zeros(3, 2), None, n_samples=5)
         >>> z.shape, log_q.shape

@@ -102,6 +102,7 @@ class Posterior(PosteriorFamily):
         forget_bias: b in sigma = sigmoid(s + b); large b starts each step near the identity.
 
     Example:
+        >>> import torch
         >>> q = Posterior(latent_dim=2, context_dim=8)
         >>> z, log_q = q.sample(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 8))
         >>> z.shape, log_q.shape

@@ -92,6 +92,7 @@ class Posterior(PosteriorFamily):
         newton_tol, newton_iters: stopping rule of the inverse (max residual |grad G - z|).
 
     Example:
+        >>> import torch
         >>> q = Posterior(latent_dim=2, context_dim=8, width=16)
         >>> z, log_q = q.sample(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 8))
         >>> z.shape, log_q.shape
@@ -129,7 +130,9 @@ class Posterior(PosteriorFamily):
                 y = y.detach().requires_grad_(True)
             g = torch.autograd.grad(self.potential(y, h).sum(), y, create_graph=True)[0]
             rows = [
-                torch.autograd.grad(g[:, i].sum(), y, create_graph=create_graph, retain_graph=True)[0]
+                torch.autograd.grad(g[:, i].sum(), y, create_graph=create_graph, retain_graph=True)[
+                    0
+                ]
                 for i in range(y.shape[-1])
             ]
         return g, torch.stack(rows, dim=1)
@@ -144,25 +147,33 @@ class Posterior(PosteriorFamily):
 
     @torch.no_grad()
     def inverse(self, z, h):
-        """Damped Newton on phi(y) = G(y, h) - <y, z>: y <- y - t H^{-1} (grad G(y) - z)."""
+        """Damped Newton on phi(y) = G(y, h) - <y, z>: y <- y - t H^{-1} (grad G(y) - z).
+
+        Only the samples whose residual |grad G(y) - z| is still above ``newton_tol`` are updated.
+        """
         y = z.clone()
+        active = torch.arange(z.shape[0], device=z.device)
         for _ in range(self.newton_iters):
-            g, hess = self.grad_hessian(y, h, create_graph=False)
-            r = g - z
-            if r.abs().max() < self.newton_tol:
+            ya, za, ha = y[active], z[active], None if h is None else h[active]
+            g, hess = self.grad_hessian(ya, ha, create_graph=False)
+            r = g - za
+            left = r.abs().amax(-1) > self.newton_tol
+            if not left.any():
                 break
+            ya, za, r, hess, active = ya[left], za[left], r[left], hess[left], active[left]
+            ha = None if ha is None else ha[left]
             step = torch.linalg.solve(hess, r.unsqueeze(-1)).squeeze(-1)
-            phi = self.potential(y, h) - (y * z).sum(-1)
-            decrease = (r * step).sum(-1)
+            phi = self.potential(ya, ha) - (ya * za).sum(-1)
+            slack = 1e-4 * (r * step).sum(-1) - 1e-6 * (1 + phi.abs())  # float round-off allowance
             t = torch.ones_like(phi)
-            for _ in range(30):  # Armijo backtracking, per sample
-                y_new = y - t[:, None] * step
-                ok = self.potential(y_new, h) - (y_new * z).sum(-1) <= phi - 1e-4 * t * decrease
+            for _ in range(20):  # Armijo backtracking, per sample
+                y_new = ya - t[:, None] * step
+                ok = self.potential(y_new, ha) - (y_new * za).sum(-1) <= phi - t * slack
                 if ok.all():
                     break
                 t = torch.where(ok, t, 0.5 * t)
-            y = y - t[:, None] * step
-        return y.detach()
+            y[active] = ya - t[:, None] * step
+        return y
 
 
 def log_det_spd(hess: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,208 @@
+"""report.aggregate and report.summarize on small hand-made metrics files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from flowvae import report
+from flowvae.errors import FlowvaeError
+
+VARIANTS = {"standard": "gaussian", "iaf": "iaf", "pcpmap": "pcpmap"}
+BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def metrics_record(variant: str, seed: int, loss: float, **extra) -> dict:
+    """A complete metrics.json record with ``loss`` as test_neg_elbo."""
+    return {
+        "variant": variant, "seed": seed, "family": VARIANTS.get(variant, "gaussian"),
+        "n_test": 100, "test_neg_elbo": loss, "test_rec": loss - 5.0, "test_kl": 5.0,
+        "test_iwae_nll": loss - 2.0, "exact_nll": loss - 2.5, "mean_gap": 2.5,
+        "eval_seconds": 10.0, "eval_seconds_per_image": 0.1, "train_seconds": 60.0,
+        "seconds_per_epoch": 6.0, "epochs": 10, "n_params": 1000,
+        "final_train_loss": loss + 1, "final_val_loss": loss + 0.5,
+        "quadrature": {"extent": 6.0, "points": 300}, **extra,
+    }  # fmt: skip
+
+
+def write_metrics(root: Path, record: dict) -> Path:
+    path = root / "eval" / record["variant"] / f"seed{record['seed']}" / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def write_benchmark(path: Path, seconds: float, rss: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = f"{seconds}\t0:00:{int(seconds)}\t{rss}\t2000\t{rss}\t{rss}\t1.0\t2.0\t95.0\t{seconds}\n"
+    path.write_text(BENCH_HEADER + row)
+    return path
+
+
+# ----------------------------------------------------------------------------- aggregate
+
+
+def test_aggregate_sorts_rows_and_matches_benchmarks(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    evals, benches = [], []
+    for v in ["pcpmap", "standard", "iaf"]:
+        for seed in [2, 0, 1]:
+            code = {"standard": 100, "iaf": 200, "pcpmap": 300}[v] + seed
+            evals.append(write_metrics(root, metrics_record(v, seed, 120.0 + code / 1000)))
+            b = tmp_path / "benchmarks"
+            benches.append(write_benchmark(b / "train" / v / f"seed{seed}.tsv", code, code + 0.5))
+            benches.append(write_benchmark(b / "evaluate" / v / f"seed{seed}.tsv", code / 10, 1.0))
+    out = tmp_path / "metrics.csv"
+    df = report.aggregate(evals, out, benchmarks=benches[::-1])
+
+    assert len(df) == 9
+    assert list(zip(df["variant"], df["seed"], strict=True)) == [
+        (v, s) for v in ["iaf", "pcpmap", "standard"] for s in [0, 1, 2]
+    ]
+    assert set(report.METRIC_KEYS) <= set(df.columns)
+    assert df["quadrature_points"].tolist() == [300] * 9  # nested dicts are flattened
+    for _, row in df.iterrows():
+        code = {"standard": 100, "iaf": 200, "pcpmap": 300}[row["variant"]] + row["seed"]
+        assert row["train_benchmark_s"] == pytest.approx(code)
+        assert row["eval_benchmark_s"] == pytest.approx(code / 10)
+        assert row["train_max_rss_mb"] == pytest.approx(code + 0.5)
+    again = pd.read_csv(out)
+    assert again["variant"].tolist() == df["variant"].tolist()
+    assert again["train_benchmark_s"].tolist() == pytest.approx(df["train_benchmark_s"].tolist())
+
+
+def test_aggregate_without_benchmarks_has_no_benchmark_columns(tmp_path: Path) -> None:
+    evals = [write_metrics(tmp_path, metrics_record("standard", 0, 120.0))]
+    df = report.aggregate(evals, tmp_path / "m.csv")
+    assert "train_benchmark_s" not in df.columns
+    assert len(df) == 1
+
+
+def test_aggregate_sweep_columns_first_and_benchmarks_by_folder(tmp_path: Path) -> None:
+    evals, benches = [], []
+    for value in [0.01, 0.001]:
+        for seed in [1, 0]:
+            rec = metrics_record("iaf", seed, 120.0, sweep="lr", sweep_value=value)
+            evals.append(write_metrics(tmp_path / "results" / "sweep" / "lr" / str(value), rec))
+            bench = tmp_path / "results" / "sweep" / "lr" / str(value) / "benchmarks"
+            benches.append(write_benchmark(bench / "train" / "iaf" / f"seed{seed}.tsv", value, 5))
+            benches.append(write_benchmark(bench / "evaluate" / "iaf" / f"seed{seed}.tsv", 1, 5))
+    df = report.aggregate(evals, tmp_path / "sweep.csv", benchmarks=benches)
+    assert list(df.columns[:2]) == ["sweep", "sweep_value"]
+    assert df["sweep_value"].tolist() == [0.001, 0.001, 0.01, 0.01]
+    assert df["seed"].tolist() == [0, 1, 0, 1]
+    assert df["train_benchmark_s"].tolist() == pytest.approx(df["sweep_value"].tolist())
+
+
+def test_aggregate_missing_key_names_the_file(tmp_path: Path) -> None:
+    good = write_metrics(tmp_path / "a", metrics_record("standard", 0, 120.0))
+    record = metrics_record("iaf", 0, 119.0)
+    del record["test_kl"]
+    bad = write_metrics(tmp_path / "b", record)
+    with pytest.raises(FlowvaeError, match="test_kl") as info:
+        report.aggregate([good, bad], tmp_path / "m.csv")
+    assert str(bad) in str(info.value)
+    assert not (tmp_path / "m.csv").exists()
+
+
+def test_aggregate_missing_file_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "eval" / "iaf" / "seed0" / "metrics.json"
+    with pytest.raises(FlowvaeError, match=str(missing)):
+        report.aggregate([missing], tmp_path / "m.csv")
+
+
+# ----------------------------------------------------------------------------- summarize
+
+STANDARD = [120.0, 121.0, 119.5, 120.4]
+IAF = [119.0, 120.2, 119.1, 119.0]
+PCPMAP = [118.5, 120.5, 118.0, 119.9]
+
+
+def write_table(path: Path, losses: dict[str, list[float]]) -> Path:
+    rows = [
+        metrics_record(v, seed, loss)
+        for v, values in losses.items()
+        for seed, loss in enumerate(values)
+    ]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_summarize_claim_holds_and_statistics_match_scipy(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": IAF, "pcpmap": PCPMAP})
+    text = report.summarize(csv, tmp_path / "summary.md")
+    assert (tmp_path / "summary.md").read_text() == text
+    assert "holds on this run" in text and "does not hold" not in text
+
+    diff = np.array(IAF) - np.array(STANDARD)
+    mean = diff.mean()
+    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    p = stats.ttest_rel(IAF, STANDARD).pvalue
+    expected = f"{mean:+.2f} nats, 95% t interval [{mean - half:+.2f}, {mean + half:+.2f}]"
+    assert expected in text
+    assert f"p = {p:.3g}" in text
+    r = report.paired_difference(pd.read_csv(csv), "iaf", "standard", "test_neg_elbo")
+    assert r["mean"] == pytest.approx(mean)
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert r["p"] == pytest.approx(p)
+    # The per-seed table: seed 1 of iaf vs standard.
+    assert "| 1 | 121.00 | 120.20 | -0.80 |" in text
+    # Mean ± sd per variant.
+    assert f"{np.mean(STANDARD):.2f} ± {np.std(STANDARD, ddof=1):.2f}" in text
+
+
+def test_summarize_one_seed_higher_does_not_hold_and_names_it(tmp_path: Path) -> None:
+    iaf = list(IAF)
+    iaf[3] = STANDARD[3] + 0.3  # seed 3 is worse; the mean is still lower
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": iaf, "pcpmap": PCPMAP})
+    text = report.summarize(csv, tmp_path / "summary.md")
+    claim = text.strip().splitlines()[-1]
+    assert "does not hold" in claim
+    assert "iaf is not lower than standard for seed 3" in claim
+    assert "pcpmap is not lower" not in claim
+
+
+def test_summarize_higher_mean_does_not_hold(tmp_path: Path) -> None:
+    worse = [x + 2 + 0.1 * i for i, x in enumerate(STANDARD)]
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": worse, "pcpmap": PCPMAP})
+    claim = report.summarize(csv, tmp_path / "s.md").strip().splitlines()[-1]
+    assert "does not hold on this run" in claim and "seeds 0, 1, 2, 3" in claim
+
+
+def test_summarize_one_seed_says_test_needs_two(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"standard": [120.0], "iaf": [119.0], "pcpmap": [119.5]})
+    text = report.summarize(csv, tmp_path / "s.md")
+    assert "need 2+ seeds" in text
+    assert "p =" not in text
+    assert "holds on this run" in text
+
+
+def test_summarize_without_reference(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"iaf": IAF, "pcpmap": PCPMAP})
+    text = report.summarize(csv, tmp_path / "s.md")
+    assert "Comparison not possible" in text
+    assert "cannot be checked" in text
+
+
+def test_summarize_constant_difference_has_no_p_value(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": [x - 1 for x in STANDARD]})
+    text = report.summarize(csv, tmp_path / "s.md")
+    assert "p = undefined" in text
+    assert "holds on this run" in text
+
+
+def test_summarize_skips_all_nan_columns(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": IAF})
+    df = pd.read_csv(csv)
+    df["exact_nll"] = np.nan
+    df["mean_gap"] = np.nan
+    df.to_csv(csv, index=False)
+    text = report.summarize(csv, tmp_path / "s.md")
+    assert "exact NLL" not in text and "posterior gap" not in text
+    assert "IWAE NLL" in text
