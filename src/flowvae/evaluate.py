@@ -48,7 +48,7 @@ def test_terms(model: VAE, x: torch.Tensor, ecfg: dict, gen: torch.Generator, pr
 @torch.no_grad()
 def posterior_grids(model: VAE, x: torch.Tensor, extent: float, points: int) -> dict:
     """log q(z|x) and log p(x, z) on a points x points grid; [i, j, k] is at z = (z1[k], z2[j])."""
-    z, axis, _ = quadrature.latent_grid(extent, points, device=x.device)
+    z, axis, _ = quadrature.latent_grid(extent, points, device=x.device, dtype=x.dtype)
     mu, log_sigma, h = model.encode(x)
     log_q = []
     for i in range(x.shape[0]):

@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 MAX_ELEMENTS = 2**23  # entries of one (images x grid points) block: 32 MiB in float32
 
 
-def latent_grid(extent: float, points: int, device=None):
+def latent_grid(extent: float, points: int, device=None, dtype=None):
     """Cell centres of [-extent, extent]^2: z (points^2, 2) (z2-major), axis, log area."""
     h = 2 * extent / points
-    axis = torch.linspace(-extent + h / 2, extent - h / 2, points, device=device)
+    axis = torch.linspace(-extent + h / 2, extent - h / 2, points, device=device, dtype=dtype)
     z2, z1 = torch.meshgrid(axis, axis, indexing="ij")
     z = torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=-1)
     return z, axis, 2 * math.log(h)
@@ -40,7 +40,7 @@ def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def log_marginal(model: VAE, x: torch.Tensor, extent: float, points: int) -> torch.Tensor:
     """log p(x) per image (N,) on a points x points grid over [-extent, extent]^2."""
-    z, _, log_area = latent_grid(extent, points, device=x.device)
+    z, _, log_area = latent_grid(extent, points, device=x.device, dtype=x.dtype)
     step = max(1, MAX_ELEMENTS // x.shape[0])
     total = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
     for i in range(0, z.shape[0], step):

@@ -1,0 +1,122 @@
+"""Trainer: same seed -> same result, resume == uninterrupted, NaN losses stop with a message."""
+
+import pandas as pd
+import pytest
+import torch
+
+from flowvae import config, data, evaluate, train
+from flowvae.errors import FlowvaeError, TrainingError
+
+
+def small_config(tmp_path, **train_settings):
+    overrides = {
+        "data": {"n_val": 30, "max_test": 20, "digits": [1, 2, 3]},
+        "model": {"hidden": [32]},
+        "variants": {
+            "standard": {"family": "gaussian"},
+            "iaf": {"family": "iaf", "context_dim": 8, "hidden": 16, "steps": 2},
+            "pcpmap": {"family": "pcpmap", "context_dim": 8, "width": 16, "context_width": 16},
+        },
+        "train": {"epochs": 4, "batch_size": 16, "checkpoint_every": 2, **train_settings},
+        "evaluate": {
+            "iwae_k": 8,
+            "grid_points": 12,
+            "images": [0, 1],
+            "samples": 2,
+            "quadrature_extent": 4.0,
+            "quadrature_points": 40,
+        },
+    }
+    return config.validate(overrides)
+
+
+@pytest.fixture
+def prepared(idx_dir, tmp_path):
+    path = tmp_path / "data.pt"
+    cfg = small_config(tmp_path)
+    data.prepare(idx_dir.path, path, cfg["data"])
+    return path
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["state_dict"]
+
+
+@pytest.mark.parametrize("variant", ["standard", "iaf", "pcpmap"])
+def test_same_seed_same_metrics_other_seed_differs(prepared, tmp_path, variant):
+    cfg = small_config(tmp_path)
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train.train(cfg, variant, seed, prepared, tmp_path / name, progress=False)
+        runs[name] = evaluate.evaluate(
+            cfg, tmp_path / name / "model.pt", prepared, tmp_path / f"eval_{name}", progress=False
+        )
+    keys = ["test_neg_elbo", "test_rec", "test_kl", "test_iwae_nll", "exact_nll", "final_val_loss"]
+    assert [runs["a"][k] for k in keys] == [runs["b"][k] for k in keys]
+    assert runs["a"]["test_neg_elbo"] != runs["c"]["test_neg_elbo"]
+    wa, wb = weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("variant", ["standard", "pcpmap"])
+def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatch):
+    cfg = small_config(tmp_path)
+    train.train(cfg, variant, 0, prepared, tmp_path / "full", progress=False)
+
+    real = train.validation_loss
+    calls = {"n": 0}
+
+    def crash_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill during epoch 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "validation_loss", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, variant, 0, prepared, tmp_path / "resumed", progress=False)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "model.pt").exists(), "no final output after a crash"
+    monkeypatch.setattr(train, "validation_loss", real)
+    train.train(cfg, variant, 0, prepared, tmp_path / "resumed", resume=True, progress=False)
+
+    wa, wb = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
+    hb = pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(ha, hb)
+
+
+def test_checkpoint_from_other_settings_is_ignored(prepared, tmp_path):
+    cfg = small_config(tmp_path)
+    train.train(cfg, "standard", 0, prepared, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "model.pt").rename(tmp_path / "first.pt")
+    other = small_config(tmp_path, lr=0.002)
+    train.train(other, "standard", 0, prepared, tmp_path / "run", resume=True, progress=False)
+    fresh = small_config(tmp_path, lr=0.002)
+    train.train(fresh, "standard", 0, prepared, tmp_path / "fresh", progress=False)
+    wa, wb = weights(tmp_path / "run" / "model.pt"), weights(tmp_path / "fresh" / "model.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_naming_epoch_and_batch(prepared, tmp_path):
+    cfg = small_config(tmp_path, lr=1e12, grad_clip=None, schedule="constant")
+    with pytest.raises(TrainingError, match=r"epoch \d+, batch \d+"):
+        train.train(cfg, "standard", 0, prepared, tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan" / "model.pt").exists()
+
+
+def test_learning_rate_schedule_and_warmup():
+    tcfg = {"schedule": "cosine", "lr": 1e-3, "lr_min": 1e-5, "epochs": 10, "kl_warmup_epochs": 4}
+    assert train.learning_rate(tcfg, 0) == pytest.approx(1e-3)
+    assert train.learning_rate(tcfg, 5) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert train.kl_weight(tcfg, 0) == 0.25 and train.kl_weight(tcfg, 3) == 1.0
+
+
+def test_unwritable_output_folder_is_named(prepared, tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the output folder should go")  # fails even for root
+    with pytest.raises(FlowvaeError, match="not writable"):
+        train.train(
+            small_config(tmp_path), "standard", 0, prepared, blocker / "run", progress=False
+        )

@@ -1,0 +1,356 @@
+"""The Snakemake pipeline: planning, config validation, lint, profiles and a quick run end to end.
+
+Every call runs the environment's snakemake in the repository root, with the results and
+figures folders moved into a temporary folder (``--config results=... figures=...``), so the
+tests never touch the repository's own results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MNIST_MIRROR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+STUDY = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+QUICK = yaml.safe_load((REPO_ROOT / "config" / "quick.yaml").read_text())
+FIGURES = [
+    "posterior_true",
+    "posterior_panel",
+    "reconstructions",
+    "samples",
+    "test_loss",
+    "loss_curves",
+    "gap_distribution",
+    "gap_contours",
+    "cost_tradeoff",
+]
+SLURM_PROFILES = ["slurm", "slurm-local-test"]
+
+
+def environment() -> dict[str, str]:
+    """This environment, its bin folder first on PATH (the rules call `python`), and the
+    offline MNIST mirror when there is one and FLOWVAE_MNIST_MIRROR is unset."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    if not env.get("FLOWVAE_MNIST_MIRROR") and MNIST_MIRROR.is_dir():
+        env["FLOWVAE_MNIST_MIRROR"] = str(MNIST_MIRROR.resolve())
+    return env
+
+
+def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """A command (snakemake, snakefmt, ruff: from this environment) in the repository root."""
+    cmd = [str(BIN / str(args[0])), *map(str, args[1:])]
+    return subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def output(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout + proc.stderr
+
+
+def folders(tmp: Path) -> list[str]:
+    """--config values that put every output under ``tmp`` (must come last: nargs)."""
+    return ["--config", f"results={tmp / 'results'}", f"figures={tmp / 'figures'}"]
+
+
+def snakemake(*args: str | Path, tmp: Path, configfiles=(), **kw) -> subprocess.CompletedProcess:
+    """snakemake ARGS [--configfile FILES] --config results=TMP/results figures=TMP/figures."""
+    extra = ["--configfile", *configfiles] if configfiles else []
+    return run("snakemake", *args, *extra, *folders(tmp), **kw)
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The first 'Job stats' table of Snakemake's output as {rule: count}."""
+    lines = text.splitlines()
+    start = lines.index("Job stats:")
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def dry_run(*targets: str | Path, tmp: Path, configfiles=()) -> dict[str, int]:
+    """The jobs a dry run plans, by rule ({} when there is nothing to do)."""
+    proc = snakemake(*targets, "-n", "--quiet", "host", "rules", tmp=tmp, configfiles=configfiles)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    if "Nothing to be done" in text:
+        return {}
+    return job_counts(text)
+
+
+def write_config(tmp: Path, text: str) -> Path:
+    path = tmp / "extra.yaml"
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_job_count_table_parser():
+    text = "Job stats:\njob  count\n---  -----\ntrain  6\nall  1\ntotal  7\n\nx 1"
+    assert job_counts(text) == {"train": 6, "all": 1, "total": 7}
+
+
+def test_study_plans_every_variant_and_seed(tmp_path):
+    jobs = dry_run(tmp=tmp_path)
+    runs = len(STUDY["variants"]) * len(STUDY["seeds"])
+    assert jobs["train"] == runs == 15
+    assert jobs["evaluate"] == runs
+    assert jobs["posterior_q"] == len(STUDY["variants"])
+    for rule in ["download", "prepare", "aggregate", "summary", *FIGURES]:
+        assert jobs[rule] == 1, rule
+    assert not [rule for rule in jobs if "sweep" in rule], "no sweep is configured"
+    assert not (tmp_path / "results").exists(), "a dry run wrote results"
+
+
+def test_quick_config_plans_every_variant_and_seed(tmp_path):
+    jobs = dry_run(tmp=tmp_path, configfiles=["config/quick.yaml"])
+    assert jobs["train"] == len(QUICK["variants"]) * len(QUICK["seeds"]) == 6
+
+
+def test_sweep_runs_each_value_and_passes_it_with_set(tmp_path):
+    extra = write_config(
+        tmp_path,
+        "sweeps:\n"
+        "  lr: {key: train.lr, values: [3.0e-4, 1.0e-3], seeds: [0]}\n"
+        "  width: {key: model.hidden, values: [[32], [64, 64]], variants: [standard]}\n"
+        "  binary: {key: data.binarize, values: [static], variants: [standard], seeds: [0]}\n"
+        "  steps: {key: variants.iaf.steps, values: [2, 8], seeds: [1]}\n",
+    )
+    quick = ["config/quick.yaml", extra]
+    jobs = dry_run(tmp=tmp_path, configfiles=quick)
+    # lr: 2 values x 3 variants x 1 seed; width: 2 x 1 x 2; binary: 1 x 1 x 1; steps: 2 x 1 x 1
+    assert jobs["train_sweep"] == jobs["evaluate_sweep"] == 6 + 4 + 1 + 2
+    assert jobs["prepare_sweep"] == 1, "only the data.* sweep prepares its own data"
+    assert jobs["aggregate_sweep"] == jobs["summary_sweep"] == jobs["sweep_figure"] == 4
+    assert jobs["train"] == 6, "the main study is planned as before"
+
+    results = tmp_path / "results"
+    proc = snakemake(
+        results / "sweeps" / "width" / "64-64" / "eval" / "standard" / "seed1" / "metrics.json",
+        results / "sweeps" / "steps" / "8" / "runs" / "iaf" / "seed1" / "model.pt",
+        "-n",
+        "--printshellcmds",
+        tmp=tmp_path,
+        configfiles=quick,
+    )
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert "--set 'model.hidden=[64, 64]'" in text
+    # A variants.NAME.* sweep runs NAME only, and its job gets only NAME's settings.
+    (steps,) = [line for line in text.splitlines() if "flowvae train" in line and "/steps/" in line]
+    assert "--set variants.iaf.steps=8" in steps
+    assert '"variants": {"iaf": {' in steps
+
+
+def test_stages_depend_on_their_package_files(tmp_path):
+    model = tmp_path / "results" / "runs" / "standard" / "seed0" / "model.pt"
+    proc = snakemake(model, "-n", tmp=tmp_path, configfiles=["config/quick.yaml"])
+    text = output(proc)
+    assert proc.returncode == 0, text
+    train_inputs = next(
+        line
+        for block in text.split("\n\n")
+        if "rule train:" in block
+        for line in block.splitlines()
+        if line.strip().startswith("input:")
+    )
+    assert "src/flowvae/train.py" in train_inputs
+    assert "src/flowvae/figures.py" not in train_inputs
+    assert "src/flowvae/report.py" not in train_inputs
+
+
+# ----------------------------------------------------------------------------- bad config
+
+BAD_CONFIGS = {
+    "negative epochs": ("train: {epochs: -1}\n", ["epochs", "minimum"]),
+    "wrong type": ("train: {epochs: sixty}\n", ["epochs", "integer"]),
+    "unknown key": ("train: {epoch: 60}\n", ["'epoch' was unexpected"]),
+    "unknown section": ("trian: {epochs: 60}\n", ["'trian' was unexpected"]),
+    "bad family": ("variants: {flow: {family: realnvp}}\n", ["family", "realnvp"]),
+    "variant named like a figure": (
+        "variants: {panel: {family: gaussian}}\n",
+        ["config key 'variants'"],
+    ),
+    "sweep of an unknown key": (
+        "sweeps: {lr: {key: train.lrr, values: [1.0]}}\n",
+        ["config key 'sweeps.lr.key'", "lrr"],
+    ),
+    "sweep value out of range": (
+        "sweeps: {lr: {key: train.lr, values: [-1.0]}}\n",
+        ["config key 'sweeps.lr.values'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("text, expected", BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_bad_config_fails_before_any_job(tmp_path, text, expected):
+    extra = write_config(tmp_path, text)
+    proc = snakemake("--cores", "1", tmp=tmp_path, configfiles=[extra])
+    message = output(proc)
+    assert proc.returncode != 0
+    for fragment in expected:
+        assert fragment in message, message
+    assert "Job stats" not in message, message
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "figures").exists()
+
+
+# ----------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["snakemake", "--lint"],
+        ["snakefmt", "--check", "."],
+        ["ruff", "check", "."],
+        ["ruff", "format", "--check", "."],
+    ],
+    ids=" ".join,
+)
+def test_lint_and_format(command):
+    proc = run(*command)
+    assert proc.returncode == 0, output(proc)
+    if command[0] == "snakemake":
+        assert "Lints for" not in output(proc), output(proc)
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def profile(name: str) -> dict:
+    return yaml.safe_load((REPO_ROOT / "profiles" / name / "config.yaml").read_text())
+
+
+def test_slurm_profiles_name_existing_rules_alike():
+    proc = run("snakemake", "--list-rules")
+    assert proc.returncode == 0, output(proc)
+    rules = set(proc.stdout.split())
+    site, local = (profile(name) for name in SLURM_PROFILES)
+    for key in ("set-resources", "set-threads"):
+        assert set(site[key]) == set(local[key]), key
+        assert set(site[key]) <= rules, f"{key} names unknown rules"
+        # A sweep job is the main job again: same resources.
+        for rule in ("train", "evaluate"):
+            assert site[key][rule] == site[key][f"{rule}_sweep"]
+
+
+def test_slurm_profiles():
+    site, local = (profile(name) for name in SLURM_PROFILES)
+    assert site["executor"] == local["executor"] == "slurm"
+    assert "slurm-status-command" not in site, "a site keeps the default (sacct)"
+    assert {"slurm_account", "slurm_partition"} <= set(site["default-resources"])
+    assert local["slurm-status-command"] == "squeue"
+    assert local["slurm-no-account"] is True
+    assert local["slurm-init-seconds-before-status-checks"] == 1
+    assert local["default-resources"]["slurm_partition"] == "debug"
+    assert "gpu: 1" in (REPO_ROOT / "profiles" / "slurm" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("name", ["default", *SLURM_PROFILES])
+def test_profile_plans_the_study(tmp_path, name):
+    proc = run("snakemake", "-n", "--workflow-profile", f"profiles/{name}", *folders(tmp_path))
+    assert proc.returncode == 0, output(proc)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    """The quick config run once, end to end, into a temporary folder (shared by the tests
+    below, which run in file order)."""
+    tmp = tmp_path_factory.mktemp("quick")
+    proc = snakemake("--cores", "2", tmp=tmp, configfiles=["config/quick.yaml"], timeout=900)
+    if proc.returncode != 0:
+        logs = sorted((tmp / "results" / "logs").rglob("*.log"))
+        tails = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in logs)
+        pytest.fail(f"the quick run failed:\n{output(proc)[-6000:]}\n{tails}")
+    return tmp
+
+
+def test_quick_metrics_have_a_row_per_variant_and_seed(quick):
+    metrics = pd.read_csv(quick / "results" / "metrics.csv")
+    expected = {(v, s) for v in QUICK["variants"] for s in QUICK["seeds"]}
+    assert len(metrics) == len(expected)
+    assert set(zip(metrics["variant"], metrics["seed"], strict=True)) == expected
+    assert all(math.isfinite(x) for x in metrics["test_neg_elbo"])
+    assert (quick / "results" / "summary.md").read_text().strip()
+
+
+def test_quick_writes_every_figure(quick):
+    names = FIGURES + [f"posterior_{v}" for v in QUICK["variants"]]
+    for name in names:
+        png = quick / "figures" / f"{name}.png"
+        pdf = quick / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert pdf.read_bytes()[:5] == b"%PDF-", pdf
+
+
+def test_quick_logs_and_benchmarks(quick):
+    results = quick / "results"
+    for variant in QUICK["variants"]:
+        for seed in QUICK["seeds"]:
+            for stage in ("train", "evaluate"):
+                bench = pd.read_csv(
+                    results / "benchmarks" / stage / variant / f"seed{seed}.tsv", sep="\t"
+                )
+                assert len(bench) == 1 and bench["s"].iloc[0] > 0
+                assert (results / "logs" / stage / variant / f"seed{seed}.log").exists()
+            run_json = json.loads(
+                (results / "runs" / variant / f"seed{seed}" / "train.json").read_text()
+            )
+            assert run_json["variant"] == variant and run_json["seed"] == seed
+
+
+def test_quick_evaluate_settings_do_not_retrain(quick):
+    """A job's params hold only the config sections it reads."""
+    extra = write_config(quick, "evaluate: {samples: 3}\n")
+    jobs = dry_run(tmp=quick, configfiles=["config/quick.yaml", extra])
+    assert jobs["evaluate"] == len(QUICK["variants"]) * len(QUICK["seeds"])
+    assert "train" not in jobs and "prepare" not in jobs and "download" not in jobs
+
+
+def test_quick_report(quick):
+    html = quick / "report.html"
+    proc = snakemake("--report", html, tmp=quick, configfiles=["config/quick.yaml"])
+    assert proc.returncode == 0, output(proc)
+    assert html.stat().st_size > 10_000
+    assert "<html" in html.read_text(errors="replace")[:2000].lower()
+
+
+def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
+    figure = quick / "figures" / "test_loss.png"
+    figure.unlink()
+    assert dry_run(figure, tmp=quick, configfiles=["config/quick.yaml"]) == {
+        "test_loss": 1,
+        "total": 1,
+    }
+    proc = snakemake("--cores", "2", tmp=quick, configfiles=["config/quick.yaml"])
+    assert proc.returncode == 0, output(proc)
+    assert re.search(r"test_loss\s+1", output(proc))
+    assert figure.exists()
+    assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
