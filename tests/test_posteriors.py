@@ -32,6 +32,7 @@ def brute_force_logdet(q, z0, h):
     """log |det J| of the whole map, J from autograd one sample at a time."""
     out = []
     for i in range(z0.shape[0]):
+
         def f(z, i=i):
             return q.transform(z[None], h[i : i + 1])[0][0]
 

@@ -182,6 +182,16 @@ def test_stages_depend_on_their_package_files(tmp_path):
     assert "src/flowvae/report.py" not in train_inputs
 
 
+def test_figures_get_the_variants_in_config_order(tmp_path):
+    panel = tmp_path / "figures" / "posterior_panel.png"
+    proc = snakemake(panel, "-n", "--printshellcmds", tmp=tmp_path)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    (command,) = [line for line in text.splitlines() if "flowvae figure posterior_panel" in line]
+    names = list(STUDY["variants"])
+    assert sorted(names, key=command.index) == names
+
+
 # ----------------------------------------------------------------------------- bad config
 
 BAD_CONFIGS = {
@@ -334,6 +344,21 @@ def test_quick_evaluate_settings_do_not_retrain(quick):
     assert "train" not in jobs and "prepare" not in jobs and "download" not in jobs
 
 
+def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
+    extra = write_config(
+        quick, "sweeps: {lr: {key: train.lr, values: [3.0e-4], variants: [standard], seeds: [0]}}"
+    )
+    configs = ["config/quick.yaml", extra]
+    jobs = dry_run(tmp=quick, configfiles=configs)
+    assert jobs["train_sweep"] == jobs["evaluate_sweep"] == 1
+    assert not {"download", "prepare", "train", "evaluate", "aggregate", "test_loss"} & set(jobs)
+    run_dir = quick / "results" / "sweeps" / "lr" / "0.0003" / "runs" / "standard" / "seed0"
+    proc = snakemake(run_dir / "model.pt", "--cores", "2", tmp=quick, configfiles=configs)
+    assert proc.returncode == 0, output(proc)
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["lr"].iloc[0] == pytest.approx(3.0e-4)
+
+
 def test_quick_report(quick):
     html = quick / "report.html"
     proc = snakemake("--report", html, tmp=quick, configfiles=["config/quick.yaml"])
@@ -354,3 +379,31 @@ def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
     assert re.search(r"test_loss\s+1", output(proc))
     assert figure.exists()
     assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
+
+
+# ----------------------------------------------------------------------------- tooling
+
+
+def test_ci_runs_the_test_target():
+    script = REPO_ROOT / ".ci" / "run"
+    assert os.access(script, os.X_OK)
+    lines = [line.strip() for line in script.read_text().splitlines()]
+    assert lines[0] == "#!/usr/bin/env bash"
+    assert "set -euo pipefail" in lines
+    assert lines[-1] == "make test"
+
+
+def test_make_sets_up_a_fresh_clone(tmp_path):
+    """Without a venv, every target first creates one and installs the package."""
+    venv = tmp_path / "venv"
+    for target in ("reproduce", "quick", "test", "test-all", "lint", "report"):
+        proc = subprocess.run(
+            ["make", "-n", target, f"VENV={venv}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[0] == f"python3.11 -m venv {venv}", target
+        assert lines[1] == f"{venv}/bin/python -m pip install -e '.[dev]'", target

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 from flowvae import config as config_mod
 from flowvae.errors import FlowvaeError
 
@@ -91,8 +93,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from flowvae import report
 
+    values = None
+    if args.sweep_values is not None:
+        values = [yaml.safe_load(v) for v in args.sweep_values]
     report.aggregate(
-        [Path(p) for p in args.evals], Path(args.out), benchmarks=[Path(p) for p in args.benchmarks]
+        [Path(p) for p in args.evals],
+        Path(args.out),
+        benchmarks=[Path(p) for p in args.benchmarks],
+        sweep=args.sweep,
+        sweep_values=values,
     )
 
 
@@ -190,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--evals", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    p.add_argument("--sweep", default=None, help="name of the sweep these runs belong to")
+    p.add_argument(
+        "--sweep-values",
+        nargs="+",
+        default=None,
+        metavar="VALUE",
+        help="the swept value of each --evals file, in the same order (YAML/JSON)",
+    )
     p.add_argument("--out", required=True, help="output CSV")
     p.set_defaults(func=cmd_aggregate)
 

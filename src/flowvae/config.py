@@ -104,7 +104,7 @@ def load(
 
 def _merge(base: dict, new: dict) -> None:
     for key, value in new.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "variants":
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
             base[key] = copy.deepcopy(value)

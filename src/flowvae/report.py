@@ -157,11 +157,25 @@ def _sort_value(value) -> tuple:
     return (1, 0.0, str(value))
 
 
-def aggregate(eval_paths: list[Path], out: Path, benchmarks: Sequence[Path] = ()) -> pd.DataFrame:
-    """One row per metrics.json (+ benchmark columns), sorted by sweep, variant, seed; to CSV."""
+def aggregate(
+    eval_paths: list[Path],
+    out: Path,
+    benchmarks: Sequence[Path] = (),
+    sweep: str | None = None,
+    sweep_values: Sequence | None = None,
+) -> pd.DataFrame:
+    """One row per metrics.json (+ benchmark columns), sorted by sweep, variant, seed; to CSV.
+
+    With ``sweep``, row i gets columns sweep = ``sweep`` and sweep_value = ``sweep_values[i]``.
+    """
     if not eval_paths:
         raise FlowvaeError("aggregate needs at least one metrics.json file")
     rows = [_read_metrics(Path(p)) for p in eval_paths]
+    if sweep is not None:
+        if sweep_values is None or len(sweep_values) != len(rows):
+            raise FlowvaeError("aggregate --sweep needs one --sweep-values entry per metrics file")
+        for row, value in zip(rows, sweep_values, strict=True):
+            row["sweep"], row["sweep_value"] = sweep, value
     if benchmarks:
         _match_benchmarks(rows, [Path(p) for p in eval_paths], [Path(p) for p in benchmarks])
     order = sorted(

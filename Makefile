@@ -1,0 +1,47 @@
+# flowvae: every target sets up what it needs (a fresh clone needs only python3.11).
+#   make reproduce   the study (config/config.yaml), figures and summary
+#   make quick       a tiny run of every step (config/quick.yaml)
+#   make test        the default test suite (what CI runs)
+#   make lint        snakemake --lint, snakefmt, ruff
+
+VENV ?= .venv
+PYTHON3 ?= python3.11
+CORES ?= 4
+PYTHON := $(VENV)/bin/python
+SNAKEMAKE := $(VENV)/bin/snakemake
+# The rules call `python -m flowvae`: put the environment's python first on the PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: reproduce quick test test-all lint report clean
+
+$(PYTHON):
+	$(PYTHON3) -m venv $(VENV)
+	$(PYTHON) -m pip install -e '.[dev]'
+
+reproduce: $(PYTHON)
+	$(SNAKEMAKE) --cores $(CORES)
+
+quick: $(PYTHON)
+	$(SNAKEMAKE) --cores $(CORES) --configfile config/quick.yaml
+
+# Fast and CI suites exclude the long checks and the ones that start a SLURM.
+test: $(PYTHON)
+	$(PYTHON) -m pytest -m "not slow and not slurm"
+
+test-all: $(PYTHON)
+	$(PYTHON) -m pytest
+
+lint: $(PYTHON)
+	$(SNAKEMAKE) --lint
+	$(VENV)/bin/snakefmt --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+report: $(PYTHON)
+	$(SNAKEMAKE) --report report.html
+
+# Removes what the pipeline computed, except the committed tables (results/metrics.csv,
+# results/summary.md) and figures; `git clean -fdX` removes every ignored file.
+clean:
+	rm -rf results/data results/runs results/eval results/logs results/benchmarks \
+		results/sweeps results/quick report.html .snakemake
