@@ -36,6 +36,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from flowvae import config as config_mod
+from flowvae.errors import FlowvaeError
 from flowvae.objectives import elbo_terms
 from flowvae.vae import DATA_DIM, build_model
 
@@ -114,7 +115,7 @@ def train_epoch(model, opt, x, bs, tcfg, noise_gen, data_gen) -> float:
         if tcfg["grad_clip"] is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
         opt.step()
-        total += terms["neg_elbo"].detach().sum().item()
+        total += terms["neg_elbo"].detach().sum().item()  # the trainer's running loss
     return time.perf_counter() - t0
 
 
@@ -195,9 +196,18 @@ def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> 
 
 def main() -> None:
     args = parse_args()
-    cfg = config_mod.load(args.config or [REPO / "config" / "config.yaml"], None, args.overrides)
+    try:
+        cfg = config_mod.load(
+            args.config or [REPO / "config" / "config.yaml"], None, args.overrides
+        )
+    except FlowvaeError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     bs = args.batch_size or cfg["train"]["batch_size"]
     variants = args.variants or list(cfg["variants"])
+    if unknown := sorted(set(variants) - set(cfg["variants"])):
+        raise SystemExit(
+            f"error: unknown variant(s) {unknown}; the config has {list(cfg['variants'])}"
+        )
     family = {v: config_mod.variant_settings(cfg, v)["family"] for v in cfg["variants"]}
     gaussians = [v for v in (*variants, *cfg["variants"]) if family[v] == "gaussian"]
     if not gaussians:

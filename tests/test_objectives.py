@@ -43,22 +43,26 @@ def test_elbo_is_below_log_marginal(family):
 
 
 @pytest.mark.parametrize("family", ["gaussian", "pcpmap"])
-def test_iwae_bound_rises_with_k_towards_log_marginal(family):
+@pytest.mark.parametrize("draw", [1, 2])
+def test_iwae_bound_rises_with_k_towards_log_marginal(family, draw):
     model, x = small_model(family, seed=2), data(seed=3)
     log_px = exact_log_px(model, x)
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(draw)
     means, errors = [], []
     with torch.no_grad():
-        for k in (1, 10, 100, 2000):
+        for k in (1, 10, 100, 1000):
             reps = torch.stack(
-                [-iwae_nll(model, x, k, chunk=3000, generator=gen) for _ in range(max(4, 400 // k))]
+                [
+                    -iwae_nll(model, x, k, chunk=3000, generator=gen)
+                    for _ in range(max(10, 4000 // k))
+                ]
             )
             means.append(reps.mean(0))
             errors.append(reps.std(0) / reps.shape[0] ** 0.5)
     means, errors = torch.stack(means), torch.stack(errors)
-    noise = 3 * (errors[1:] ** 2 + errors[:-1] ** 2).sqrt() + 1e-3
+    noise = 4 * (errors[1:] ** 2 + errors[:-1] ** 2).sqrt() + 1e-3
     assert torch.all(means[1:] >= means[:-1] - noise), "IWAE bound fell as K grew"
-    assert torch.all(means[-1] <= log_px + 3 * errors[-1] + 1e-3), "IWAE above log p(x)"
+    assert torch.all(means[-1] <= log_px + 4 * errors[-1] + 1e-3), "IWAE above log p(x)"
     assert torch.all((log_px - means[-1]).abs() < 0.05)
 
 

@@ -9,8 +9,16 @@ from flowvae import posteriors
 from flowvae.posteriors import iaf, pcpmap
 from flowvae.posteriors.base import gaussian_log_prob
 
-torch.set_default_dtype(torch.float64)
 CTX = 6
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Double precision for these checks only (restored afterwards)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def make(family: str, d: int, seed: int = 0):

@@ -398,7 +398,7 @@ def test_make_sets_up_a_fresh_clone(tmp_path):
     venv = tmp_path / "venv"
     for target in ("reproduce", "quick", "test", "test-all", "lint", "report"):
         proc = subprocess.run(
-            ["make", "-n", target, f"VENV={venv}"],
+            ["make", "--no-print-directory", "-n", target, f"VENV={venv}"],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
