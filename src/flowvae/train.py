@@ -244,7 +244,7 @@ def train(
     )
     io.write_csv(hist, out_dir / "history.csv")
     io.write_json(out_dir / "train.json", summary)
-    ckpt_path.unlink(missing_ok=True)  # finished: a later rerun (e.g. after a code change) starts fresh
+    ckpt_path.unlink(missing_ok=True)  # done: a rerun (e.g. after a code change) starts afresh
     return summary
 
 
