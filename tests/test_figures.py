@@ -94,6 +94,15 @@ def build_study(root: Path) -> dict[str, list[Path]]:
             })  # fmt: skip
             per_image.to_csv(run / "per_image.csv", index=False)
             files["per_image"].append(run / "per_image.csv")
+            ks = np.array([1, 10, 100, 1000])
+            check = pd.DataFrame({
+                "variant": variant, "seed": seed, "image": np.repeat(np.arange(4), len(ks)),
+                "k": np.tile(ks, 4), "stderr": 0.05, "log_px": -120.0,
+                "excess": -np.tile(3.0 / np.sqrt(ks), 4) * (k + 1),
+            })  # fmt: skip
+            check["iwae"] = check["log_px"] + check["excess"]
+            check.to_csv(run / "quadrature_check.csv", index=False)
+            files.setdefault("check", []).append(run / "quadrature_check.csv")
             metrics.append({
                 "variant": variant, "seed": seed, "test_neg_elbo": 122 - k + 0.3 * seed,
                 "seconds_per_epoch": 4.0 + k + 0.2 * seed, "exact_nll": 119 - k,
@@ -122,6 +131,7 @@ INPUTS = {
     "gap_contours": ["per_image", "grid"],
     "cost_tradeoff": ["metrics"],
     "sweep": ["sweep"],
+    "quadrature_check": ["check"],
 }
 
 

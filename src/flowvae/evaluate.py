@@ -27,6 +27,8 @@ from flowvae.vae import VAE
 log = logging.getLogger(__name__)
 
 BATCH = 500
+CHECK_COLUMNS = ["image", "k", "iwae", "stderr", "log_px", "excess"]
+CHECK_TOL = 0.01  # nats: float32 round-off of a log-sum-exp over ~1e5 terms near -100
 
 
 @torch.no_grad()
@@ -78,6 +80,22 @@ def pictures(model: VAE, x: torch.Tensor, gen: torch.Generator, n_recon=16, n_sa
     }
 
 
+def _check_summary(check: pd.DataFrame) -> dict:
+    """Largest K: mean log p(x) - IWAE; over all K: the largest excess of IWAE over log p(x)."""
+    if check.empty:
+        return {}
+    top = check[check["k"] == check["k"].max()]
+    z = check["excess"] / check["stderr"].clip(lower=1e-12)
+    return {
+        "k_max": int(top["k"].iloc[0]),
+        "mean_gap_at_k_max": float(-top["excess"].mean()),
+        "max_excess_nats": float(check["excess"].max()),
+        "max_excess_in_stderr": float(z.max()),
+        # a bound may exceed log p(x) only by its noise: 3 standard errors + float32 round-off
+        "bound_below_log_px": bool((check["excess"] <= 3 * check["stderr"] + CHECK_TOL).all()),
+    }
+
+
 def evaluate(
     cfg: dict,
     model_path: Path,
@@ -112,10 +130,24 @@ def evaluate(
         )
         exact = -log_px.cpu().numpy()
         grid_info["seconds"] = time.perf_counter() - t1
+        n_check = min(ecfg["check_images"], x.shape[0])
+        check = (
+            quadrature.iwae_convergence(
+                model,
+                x[:n_check],
+                log_px[:n_check],
+                tuple(ecfg["check_ks"]),
+                ecfg["check_repeats"],
+                ecfg["chunk"],
+                ecfg["seed"],
+            )
+            if n_check
+            else pd.DataFrame(columns=CHECK_COLUMNS)
+        )
         grids = posterior_grids(model, x[images], ecfg["grid_extent"], ecfg["grid_points"])
     else:
         log.info("latent dimension %d: no quadrature and no posterior grids", model.latent_dim)
-        grids = {}
+        grids, check = {}, pd.DataFrame(columns=CHECK_COLUMNS)
     eval_seconds = time.perf_counter() - t0
 
     variant, seed = record["variant"], record["seed"]
@@ -145,6 +177,7 @@ def evaluate(
         "eval_seconds": eval_seconds,
         "eval_seconds_per_image": t_test / x.shape[0],
         "quadrature": grid_info,
+        "iwae_check": _check_summary(check),
         **{
             k: summary[k]
             for k in (
@@ -168,6 +201,9 @@ def evaluate(
         **pictures(model, x, gen),
     }
     io.write_csv(table, out_dir / "per_image.csv")
+    check.insert(0, "seed", seed)
+    check.insert(0, "variant", variant)
+    io.write_csv(check, out_dir / "quadrature_check.csv")
     with io.atomic_path(out_dir / "grid.npz") as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
     io.write_json(out_dir / "metrics.json", metrics)

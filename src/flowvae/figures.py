@@ -558,6 +558,58 @@ def sweep(inputs: list[Path], cfg: dict):
     return fig
 
 
+def quadrature_check(inputs: list[Path], cfg: dict):
+    """log p(x) (quadrature) minus the IWAE bound against K, per variant: it must shrink to ~0."""
+    df = _read_csvs(inputs, "quadrature_check.csv files", ("variant", "k", "excess", "stderr"))
+    if df.empty:
+        raise FlowvaeError("no quadrature check rows: it needs latent_dim 2 and check_images > 0")
+    df["shortfall"] = -df["excess"]
+    order = _order(df["variant"].unique(), cfg)
+    pal = _palette(order)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.lineplot(
+        df,
+        x="k",
+        y="shortfall",
+        hue="variant",
+        hue_order=order,
+        palette=pal,
+        errorbar=("pi", 90),
+        marker="o",
+        ax=ax,
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.set(
+        xlabel="IWAE samples K",
+        ylabel="log p(x) - IWAE bound (nats)",
+        title="mean over images (band: 5-95% of images)",
+    )
+    df["z"] = (df["excess"] / df["stderr"].clip(lower=1e-12)).clip(lower=-10)
+    sns.stripplot(
+        df,
+        x="k",
+        y="z",
+        hue="variant",
+        hue_order=order,
+        palette=pal,
+        dodge=True,
+        size=3,
+        ax=bx,
+        legend=False,
+    )
+    bx.axhline(3, color="black", ls="--", lw=1)
+    bx.set_ylim(-10.5, max(5.0, df["z"].max() + 1))
+    bx.set(
+        xlabel="IWAE samples K",
+        ylabel="(IWAE - log p(x)) / std. error (clipped at -10)",
+        title="excess of the bound over log p(x) (dashed: 3 std. errors)",
+    )
+    fig.suptitle("Quadrature check: the IWAE bound rises towards the grid's log p(x)")
+    return fig
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 FIGURES: dict[str, Callable[[list[Path], dict], plt.Figure]] = {
@@ -572,6 +624,7 @@ FIGURES: dict[str, Callable[[list[Path], dict], plt.Figure]] = {
     "gap_contours": gap_contours,
     "cost_tradeoff": cost_tradeoff,
     "sweep": sweep,
+    "quadrature_check": quadrature_check,
 }
 
 

@@ -182,6 +182,7 @@ def all_figures():
         "test_loss",
         "loss_curves",
         "cost_tradeoff",
+        "quadrature_check",
         "reconstructions",
         "samples",
     ]

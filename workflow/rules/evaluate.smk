@@ -11,6 +11,7 @@ rule evaluate:
         metrics=results("eval/{variant}/seed{seed}/metrics.json"),
         per_image=results("eval/{variant}/seed{seed}/per_image.csv"),
         grid=results("eval/{variant}/seed{seed}/grid.npz"),
+        check=results("eval/{variant}/seed{seed}/quadrature_check.csv"),
     log:
         results("logs/evaluate/{variant}/seed{seed}.log"),
     benchmark:

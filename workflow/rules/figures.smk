@@ -243,3 +243,27 @@ rule samples:
     shell:
         "python -m flowvae figure samples --inputs {input.grids:q}"
         " --out {output.png:q} {output.pdf:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
+# IWAE bound against K compared with the quadrature log p(x), every seed.
+rule quadrature_check:
+    input:
+        checks=expand(rules.evaluate.output.check, variant=VARIANTS, seed=SEEDS),
+        code=CODE["figures"],
+    output:
+        png=report(
+            figure("quadrature_check", "png"),
+            caption="../report/quadrature_check.rst",
+            category="Posterior gap",
+        ),
+        pdf=figure("quadrature_check", "pdf"),
+    log:
+        results("logs/figures/quadrature_check.log"),
+    localrule: True
+    conda:
+        ENV
+    params:
+        settings=FIGURE_SETTINGS,
+    shell:
+        "python -m flowvae figure quadrature_check --inputs {input.checks:q}"
+        " --out {output.png:q} {output.pdf:q} --settings {params.settings:q} > {log:q} 2>&1"

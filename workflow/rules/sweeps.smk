@@ -41,6 +41,7 @@ use rule evaluate as evaluate_sweep with:
         metrics=sweep_results("eval/{variant}/seed{seed}/metrics.json"),
         per_image=sweep_results("eval/{variant}/seed{seed}/per_image.csv"),
         grid=sweep_results("eval/{variant}/seed{seed}/grid.npz"),
+        check=sweep_results("eval/{variant}/seed{seed}/quadrature_check.csv"),
     log:
         sweep_results("logs/evaluate/{variant}/seed{seed}.log"),
     benchmark:
