@@ -131,12 +131,13 @@ def train(
 
     ckpt_path = out_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        # RNG states must stay CPU tensors; load_state_dict moves the weights to the device
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt["fingerprint"] == key:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             data_gen.set_state(ckpt["data_gen"])
-            noise_gen.set_state(ckpt["noise_gen"].to(noise_gen.get_state().device))
+            noise_gen.set_state(ckpt["noise_gen"])
             history, start = ckpt["history"], ckpt["epoch"]
             log.info("resuming %s seed %d from epoch %d (%s)", variant, seed, start, ckpt_path)
         else:
