@@ -59,8 +59,8 @@ def auto_log_marginal(
 ) -> tuple[torch.Tensor, dict]:
     """log p(x) on a grid validated by refinement: returns (log p(x) (N,), grid info).
 
-    Without ``extent``/``points`` the extent is max_i |mu_i| + 4 sigma_i clipped to [4, 8] and
-    the spacing ``spacing``. The result is computed again on a grid 2 wider and with 0.6 times
+    Without ``extent``/``points`` the extent is max_i |mu_i| + 4 sigma_i clipped to [4, 6] and
+    the spacing ``spacing``. The result is computed again on a grid 1 wider and with 0.75 times
     the spacing; the finer value is returned, with the change of the mean as
     ``refinement_delta`` (a warning is logged when it exceeds ``tol`` nats).
     """
@@ -69,12 +69,12 @@ def auto_log_marginal(
         return log_px, {"extent": extent, "points": points, "refinement_delta": None}
     if extent is None:
         mu, log_sigma, _ = model.encode(x)
-        extent = float((mu.abs() + 4 * log_sigma.exp()).max().clamp(4.0, 8.0).ceil())
+        extent = float((mu.abs() + 4 * log_sigma.exp()).max().clamp(4.0, 6.0).ceil())
     if points is None:
         points = math.ceil(2 * extent / spacing)
     coarse = log_marginal(model, x, extent, points)
-    fine_extent = extent + 2.0
-    fine_points = math.ceil(2 * fine_extent / (0.6 * 2 * extent / points))
+    fine_extent = extent + 1.0
+    fine_points = math.ceil(2 * fine_extent / (0.75 * 2 * extent / points))
     fine = log_marginal(model, x, fine_extent, fine_points)
     delta = abs(fine.mean().item() - coarse.mean().item())
     log.info(
