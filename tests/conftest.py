@@ -86,3 +86,20 @@ def real_raw_dir(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("mnist_raw")
     data.download(out, mirror=mnist_mirror)
     return out
+
+
+# ----------------------------------------------------------------------------- pipeline runs
+
+
+@pytest.fixture(scope="session")
+def quick_metrics(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """metrics.csv of the quick config run locally with --cores 2 (once per session): the
+    reference that test_resilience.py (--cores 1) and test_slurm.py (SLURM) compare with."""
+    from pipeline import failure, snakemake
+
+    tmp = tmp_path_factory.mktemp("quick_cores2")
+    metrics = tmp / "results" / "metrics.csv"
+    proc = snakemake(metrics, "--cores", "2", tmp=tmp)
+    if proc.returncode != 0:
+        pytest.fail(f"the quick run (--cores 2) failed:\n{failure(proc, tmp)}")
+    return metrics

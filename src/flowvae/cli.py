@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -236,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if os.environ.get("SLURM_JOB_ID"):  # ties a log to its job (sacct, scontrol, squeue)
+        log.info(
+            "%s: SLURM job %s on %s, python %s",
+            args.command,
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("SLURMD_NODENAME", "?"),
+            sys.executable,
+        )
     try:
         args.func(args)
     except FlowvaeError as exc:

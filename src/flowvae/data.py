@@ -191,7 +191,10 @@ def download(
     out_dir = Path(out_dir)
     expected_all = {**SHA256, **(checksums or {})}
     folder, bases = _resolve_mirror(mirror)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the download folder {out_dir}: {exc.strerror}") from exc
     paths = []
     for name in FILES:
         expected = expected_all[name]

@@ -51,6 +51,18 @@ for _name in VARIANTS:
         )
 
 
+# The output folders must be creatable: say so now rather than in a traceback mid-run.
+for _key in ("results", "figures"):
+    _path = Path(config[_key]).absolute()
+    _existing = _path
+    while not _existing.exists():
+        _existing = _existing.parent
+    if not _existing.is_dir() or not os.access(_existing, os.W_OK | os.X_OK):
+        raise ConfigProblem(
+            _key, f"cannot create {_path}: {_existing} is not a writable folder"
+        )
+
+
 # ----------------------------------------------------------------------------- paths
 
 
