@@ -108,16 +108,34 @@ def _palette(variants: list[str]) -> dict:
 # ----------------------------------------------------------------------------- drawing helpers
 
 
-def _contour(ax, grid: dict, values: np.ndarray):
-    """Filled contours of ``values - max`` (rocket) clipped at -DEPTH nats; returns the mappable."""
+def _window(grid: dict, *arrays: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
+    """A square zoom around every cell within DEPTH nats of its array's maximum (25% margin)."""
+    mask = np.zeros_like(arrays[0], dtype=bool)
+    for values in arrays:
+        mask |= values - np.nanmax(values) > -DEPTH
+    rows, cols = np.nonzero(mask)
+    z1, z2 = np.asarray(grid["z1"]), np.asarray(grid["z2"])
+    if rows.size == 0:
+        return (z1[0], z1[-1]), (z2[0], z2[-1])
+    c1, c2 = (z1[cols].min() + z1[cols].max()) / 2, (z2[rows].min() + z2[rows].max()) / 2
+    half = 1.25 * max(np.ptp(z1[cols]), np.ptp(z2[rows]), 0.8) / 2
+    return (c1 - half, c1 + half), (c2 - half, c2 + half)
+
+
+def _contour(ax, grid: dict, values: np.ndarray, window=None):
+    """Filled contours of ``values - max`` (rocket) clipped at -DEPTH nats; returns the mappable.
+
+    ``window`` ((x0, x1), (y0, y1)) zooms in; by default the zoom fits this panel's mass.
+    """
     rel = np.clip(values - np.nanmax(values), -DEPTH - 1.0, 0.0)
     cs = ax.contourf(grid["z1"], grid["z2"], rel, levels=LEVELS, cmap="rocket", extend="min")
     ax.contour(
         grid["z1"], grid["z2"], rel, levels=LEVELS[1:-1], colors="white", linewidths=0.3, alpha=0.5
     )
     ax.set_aspect("equal")
-    ax.set_xlim(grid["z1"][0], grid["z1"][-1])
-    ax.set_ylim(grid["z2"][0], grid["z2"][-1])
+    xlim, ylim = window if window is not None else _window(grid, values)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
     return cs
 
 
@@ -178,7 +196,10 @@ def posterior_true(inputs: list[Path], cfg: dict):
             _label_axes(axes[r, i], i == 0, r == len(grids))
         axes[r, 0].set_ylabel(f"{g['variant']} (seed {g['seed']})\n$z_2$")
     _colorbar(fig, cs, axes[1:, :])
-    fig.suptitle("True posterior log p(z|x) + const under each variant's decoder")
+    fig.suptitle(
+        "True posterior log p(z|x) + const under each variant's decoder "
+        "(each panel zoomed to its mass)"
+    )
     return fig
 
 
@@ -227,9 +248,10 @@ def _panel(grids: list[dict], titles: Callable[[dict, int], str] | None = None):
     for i in range(n_img):
         _digit(axes[i, 0], grids[0]["images"][i], _image_title(grids[0], i))
         for k, g in enumerate(grids):
+            window = _window(g, g["log_joint"][i], g["log_q"][i])  # same zoom for p and q
             for j, (key, name) in enumerate((("log_joint", "log p(z|x)"), ("log_q", "log q(z|x)"))):
                 ax = axes[i, 1 + 2 * k + j]
-                cs = _contour(ax, g, g[key][i])
+                cs = _contour(ax, g, g[key][i], window)
                 _label_axes(ax, k == 0 and j == 0, i == n_img - 1)
                 head = f"{g['variant']}: {name}" if i == 0 else ""
                 extra = titles(g, i) if titles else ""
@@ -243,7 +265,11 @@ def posterior_panel(inputs: list[Path], cfg: dict):
     grids = _grids(inputs, cfg)
     fig = _panel(grids)
     seeds = ", ".join(f"{g['variant']} seed {g['seed']}" for g in grids)
-    fig.suptitle(f"True posterior vs approximate posterior ({seeds})")
+    fig.suptitle(
+        f"True posterior vs approximate posterior ({seeds})\n"
+        f"each p/q pair shares its axes, zoomed to where either is within {DEPTH:g} nats of its "
+        "maximum"
+    )
     return fig
 
 
