@@ -91,6 +91,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_gap_grids(args: argparse.Namespace) -> None:
+    from flowvae import evaluate
+
+    cfg = _cfg(args)
+    evaluate.gap_grids(
+        cfg,
+        Path(args.model),
+        Path(args.data),
+        Path(args.reference),
+        Path(args.out),
+        top=args.top,
+        threads=args.threads,
+    )
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from flowvae import report
 
@@ -192,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "gap-grids",
+        help="posterior grids of the test images with the largest gap under a reference",
+        description="Draw log q and log p(x, z) on the z grid for the TOP test images whose "
+        "posterior gap is largest in the reference variant's per_image.csv (the standard VAE), "
+        "for the figure gap_contours.",
+    )
+    p.add_argument("--model", required=True, help="model.pt from train")
+    p.add_argument("--data", required=True, help="prepared data file")
+    p.add_argument("--reference", required=True, help="per_image.csv of the reference variant")
+    p.add_argument("--top", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_gap_grids)
 
     p = sub.add_parser(
         "aggregate",

@@ -278,14 +278,11 @@ def _gap_text(gap: float) -> str:
 
 
 def gap_contours(inputs: list[Path], cfg: dict):
-    """True posterior vs q per variant for the grid images, titled with each image's gap.
+    """True posterior vs q per variant, titled with each image's gap, largest reference gap first.
 
-    grid.npz holds only the images configured in ``evaluate.images``, so the images with the
-    largest gap under the reference (standard) VAE cannot be drawn unless they are configured.
-    This figure therefore draws the grid images, rows sorted by the reference variant's gap
-    (largest first), each panel titled with that variant's gap for that image (per_image.csv,
-    same seed, matched by ``index`` == ``image_index``), and lists the test set's largest
-    reference gaps in the caption so they can be added to ``evaluate.images``.
+    The pipeline passes the gap_grid.npz files (``flowvae gap-grids``: the test images with
+    the largest gap under the reference, standard VAE) and the per_image.csv files of the same
+    seed; each panel's gap is looked up by variant, seed and image index.
     """
     grids = _grids(inputs, cfg)
     per_image = _read_csvs(inputs, "per_image.csv files", ("variant", "seed", "index", "gap"))
@@ -306,9 +303,9 @@ def gap_contours(inputs: list[Path], cfg: dict):
     top = top.nlargest(5, "gap")
     listing = ", ".join(f"#{int(r['index'])} ({r['gap']:.1f})" for _, r in top.iterrows())
     fig.suptitle(
-        "Posterior gap KL(q || p(z|x)) of the drawn images, largest gap under "
-        f"{ref['variant']} first\nLargest {ref['variant']} gaps in the test set (nats): "
-        f"{listing or 'n/a'}; add their indices to evaluate.images to draw them"
+        "Posterior gap KL(q || p(z|x)) (per-image -ELBO minus exact NLL), rows "
+        f"by {ref['variant']}'s gap\nLargest {ref['variant']} gaps in the test set (nats): "
+        f"{listing or 'n/a'}; each p/q pair shares its zoomed axes"
     )
     return fig
 

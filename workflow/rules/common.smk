@@ -19,6 +19,10 @@ VARIANTS = list(config["variants"])
 SEEDS = list(config["seeds"])
 # The posterior figures draw one seed: the first one listed.
 FIGURE_SEED = SEEDS[0]
+# The variant the flows are compared with: the first Gaussian one (else the first listed).
+REFERENCE = next(
+    (v for v in VARIANTS if config["variants"][v]["family"] == "gaussian"), VARIANTS[0]
+)
 MNIST_FILES = [
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",

@@ -77,7 +77,7 @@ rule posterior_panel:
 # Posteriors of the figure images with their per-image posterior gaps.
 rule gap_contours:
     input:
-        grids=GRIDS_AT_FIGURE_SEED,
+        grids=expand(rules.gap_grids.output.grid, variant=VARIANTS, seed=FIGURE_SEED),
         per_image=expand(
             rules.evaluate.output.per_image, variant=VARIANTS, seed=FIGURE_SEED
         ),

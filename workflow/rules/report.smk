@@ -44,6 +44,9 @@ rule summary:
     localrule: True
     conda:
         ENV
+    params:
+        reference=REFERENCE,
     shell:
-        "python -m flowvae summarize --metrics {input.metrics:q} --out {output.summary:q}"
+        "python -m flowvae summarize --metrics {input.metrics:q} --reference {params.reference:q}"
+        " --out {output.summary:q}"
         " > {log:q} 2>&1"
