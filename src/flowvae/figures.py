@@ -119,6 +119,10 @@ def _window(grid: dict, *arrays: np.ndarray) -> tuple[tuple[float, float], tuple
         return (z1[0], z1[-1]), (z2[0], z2[-1])
     c1, c2 = (z1[cols].min() + z1[cols].max()) / 2, (z2[rows].min() + z2[rows].max()) / 2
     half = 1.25 * max(np.ptp(z1[cols]), np.ptp(z2[rows]), 0.8) / 2
+    lo, hi = min(z1[0], z2[0]), max(z1[-1], z2[-1])
+    if 2 * half >= hi - lo:
+        return (z1[0], z1[-1]), (z2[0], z2[-1])
+    c1, c2 = np.clip([c1, c2], lo + half, hi - half)  # keep the window on the grid
     return (c1 - half, c1 + half), (c2 - half, c2 + half)
 
 
