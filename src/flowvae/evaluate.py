@@ -96,6 +96,26 @@ def _check_summary(check: pd.DataFrame) -> dict:
     }
 
 
+def _load(cfg: dict, model_path: Path, data_path: Path, threads: int | None):
+    """Thread count, device, the trained model (with its record) and the prepared data."""
+    torch.set_num_threads(threads or cfg["evaluate"]["threads"])
+    device = pick_device(cfg["train"]["device"])
+    model, record = load_model(model_path, device)
+    return model, record, data_mod.load_prepared(data_path), device
+
+
+def _grid_arrays(record: dict, data: dict, images: list[int], x: torch.Tensor) -> dict:
+    """The identification and image part of a grid file, for test positions ``images``."""
+    return {
+        "variant": np.array(record["variant"]),
+        "seed": np.array(record["seed"]),
+        "family": np.array(record["summary"]["family"]),
+        "images": x.cpu().numpy(),
+        "image_index": np.array(images),
+        "labels": data["test_labels"][images].numpy(),
+    }
+
+
 def evaluate(
     cfg: dict,
     model_path: Path,
@@ -106,10 +126,7 @@ def evaluate(
 ) -> dict:
     """Evaluate one trained model; write metrics.json, per_image.csv and grid.npz into out_dir."""
     ecfg = cfg["evaluate"]
-    torch.set_num_threads(threads or ecfg["threads"])
-    device = pick_device(cfg["train"]["device"])
-    model, record = load_model(model_path, device)
-    data = data_mod.load_prepared(data_path)
+    model, record, data, device = _load(cfg, model_path, data_path, threads)
     x = data["test"].to(device)
     images = ecfg["images"]
     if max(images) >= x.shape[0]:
@@ -190,22 +207,12 @@ def evaluate(
             )
         },
     }
-    arrays = {
-        "variant": np.array(variant),
-        "seed": np.array(seed),
-        "family": np.array(summary["family"]),
-        "images": x[images].cpu().numpy(),
-        "image_index": np.array(images),
-        "labels": data["test_labels"][images].numpy(),
-        **grids,
-        **pictures(model, x, gen),
-    }
+    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pictures(model, x, gen)}
     io.write_csv(table, out_dir / "per_image.csv")
     check.insert(0, "seed", seed)
     check.insert(0, "variant", variant)
     io.write_csv(check, out_dir / "quadrature_check.csv")
-    with io.atomic_path(out_dir / "grid.npz") as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    io.write_npz(out_dir / "grid.npz", arrays)
     io.write_json(out_dir / "metrics.json", metrics)
     log.info(
         "%s seed %d: test -ELBO %.3f, IWAE NLL %.3f, exact NLL %s",
@@ -233,28 +240,15 @@ def gap_grids(
     file has the layout of grid.npz, so the same figures read it. Returns the image positions.
     """
     ecfg = cfg["evaluate"]
-    torch.set_num_threads(threads or ecfg["threads"])
-    device = pick_device(cfg["train"]["device"])
-    model, record = load_model(model_path, device)
+    model, record, data, device = _load(cfg, model_path, data_path, threads)
     if model.latent_dim != 2:
         raise ConfigError("config key 'model.latent_dim': the gap grids need a 2-D latent space")
     table = pd.read_csv(reference)
     if table["gap"].isna().all():
         raise ConfigError(f"{reference} has no posterior gaps (exact evaluation missing)")
     images = [int(i) for i in table.nlargest(top, "gap")["index"]]
-    data = data_mod.load_prepared(data_path)
     x = data["test"].to(device)[images]
     grids = posterior_grids(model, x, ecfg["grid_extent"], ecfg["grid_points"])
-    arrays = {
-        "variant": np.array(record["variant"]),
-        "seed": np.array(record["seed"]),
-        "family": np.array(record["summary"]["family"]),
-        "images": x.cpu().numpy(),
-        "image_index": np.array(images),
-        "labels": data["test_labels"][images].numpy(),
-        **grids,
-    }
-    with io.atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    io.write_npz(out, {**_grid_arrays(record, data, images, x), **grids})
     log.info("%s: grids of the %d largest-gap images %s", record["variant"], top, images)
     return images

@@ -57,6 +57,14 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
 
 
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Compressed NumPy archive (np.savez would append .npz to the temporary name)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
 def write_csv(df, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)

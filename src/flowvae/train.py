@@ -110,9 +110,9 @@ def train(
     torch.set_num_threads(threads or tcfg["threads"])
     device = pick_device(tcfg["device"])
     data = data_mod.load_prepared(data_path)
-    x_train = data["train"].to(device)
-    x_val = data["val"].to(device)
     dynamic = data["binarize"] == "dynamic"
+    x_train = None if dynamic else data["train"].to(device)  # dynamic: re-binarized each epoch
+    x_val = data["val"].to(device)
 
     torch.manual_seed(seed)
     model = build_model(cfg, variant).to(device)
@@ -143,7 +143,7 @@ def train(
         else:
             log.warning("ignoring %s: it was written with other settings", ckpt_path)
 
-    n, bs = x_train.shape[0], tcfg["batch_size"]
+    n, bs = data["train"].shape[0], tcfg["batch_size"]
     n_batches = math.ceil(n / bs)
     bar = tqdm(
         total=tcfg["epochs"],
