@@ -1,23 +1,36 @@
-# flowvae: standard, IAF and PCP-Map VAEs on MNIST digits 1-4 with a 2-D latent space.
+# flowvae: standard, IAF, PCP-Map (and more) VAEs on MNIST digits 1-4, 2-D latent space.
 #
-#   snakemake --cores 4                               the study (config/config.yaml)
-#   snakemake --cores 2 --configfile config/quick.yaml  a tiny run of every step
-#   snakemake --report report.html                    figures and tables in one page
+#   snakemake --cores 4                                  the study (config/config.yaml)
+#   snakemake --cores 2 --configfile config/quick.yaml   a tiny run of every step
+#   snakemake --cores 2 figures/test_loss.png            one figure (and what it needs)
+#   snakemake --report report.html                       figures and tables in one page
 #
 # Stages: download -> prepare -> train -> evaluate -> aggregate / summary -> figures.
-# Every rule calls `python -m flowvae <command>`; see workflow/rules/.
+# Every rule calls `python -m flowvae <command>`; what runs is decided by flowvae.study.
+
+import os
+import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# The package of this checkout (also when the workflow runs from another folder).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
-configfile: "config/config.yaml"
+from flowvae import config as flowvae_config
+from flowvae import study as flowvae_study
 
 
-# Unknown keys, wrong types and out-of-range values stop the run here, before any job;
-# the schema's defaults fill every key the config files leave out.
-validate(config, "workflow/schemas/config.schema.yaml")
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+# `--config key=value` arrives as strings: type it as the schema says, then validate
+# (unknown keys, wrong types and out-of-range values stop here, naming the key).
+flowvae_study.command_line_values(config)
+
+
+validate(config, str(flowvae_config.SCHEMA_PATH))
 
 
 report: "workflow/report/workflow.rst"
@@ -35,7 +48,4 @@ include: "workflow/rules/sweeps.smk"
 rule all:
     default_target: True
     input:
-        rules.aggregate.output.metrics,
-        rules.summary.output.summary,
-        all_figures(),
-        all_sweeps(),
+        STUDY.targets(),

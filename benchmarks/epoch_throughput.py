@@ -2,9 +2,9 @@
 
 For every variant of the config this measures:
 
-1. one training epoch (images/s and seconds): the trainer's inner loop on random binary images
-   held in memory (shuffled batches, ``elbo_terms`` with ``train.samples``, backward,
-   ``clip_grad_norm_``, Adam step); the median of ``--repeats`` epochs after a shorter warm-up
+1. one training epoch (images/s and seconds): the trainer's own ``flowvae.train.train_epoch``
+   (shuffled batches, ``elbo_terms`` with ``train.samples``, backward, ``clip_grad_norm_``,
+   Adam step) on random binary images held in memory; the median of ``--repeats`` epochs after a shorter warm-up
    epoch. The trainer's per-epoch dynamic binarization and validation pass are left out;
 2. the ratio of that epoch time to the standard (Gaussian) variant's;
 3. a FLOP floor: the matmul FLOPs of one training step (forward + backward, as counted by
@@ -38,7 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from flowvae import config as config_mod
 from flowvae.errors import FlowvaeError
 from flowvae.objectives import elbo_terms
-from flowvae.vae import DATA_DIM, build_model
+from flowvae.train import TrainState, start, train_epoch
+from flowvae.vae import DATA_DIM
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"iaf": 1.5, "pcpmap": 2.5}  # family -> max epoch time relative to the Gaussian
@@ -100,22 +101,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def train_epoch(model, opt, x, bs, tcfg, noise_gen, data_gen) -> float:
-    """One epoch of the trainer's inner loop over ``x``; returns its wall time in seconds."""
+def timed_epoch(state: TrainState, x: torch.Tensor, tcfg: dict) -> float:
+    """One epoch of the trainer's own ``train_epoch`` over ``x``; returns its wall time (s)."""
     t0 = time.perf_counter()
-    order = torch.randperm(x.shape[0], generator=data_gen)
-    total = 0.0
-    for b in range(math.ceil(x.shape[0] / bs)):
-        terms = elbo_terms(model, x[order[b * bs : (b + 1) * bs]], tcfg["samples"], 1.0, noise_gen)
-        loss = terms["loss"].mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tcfg["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-        opt.step()
-        total += terms["neg_elbo"].detach().sum().item()  # the trainer's running loss
+    train_epoch(state, x, tcfg, beta=1.0, label="benchmark")
     return time.perf_counter() - t0
 
 
@@ -170,19 +159,12 @@ def cpu_name() -> str:
 
 def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> dict:
     """Epoch times (median of ``repeats`` after a warm-up) and matmul FLOPs of one variant."""
-    tcfg = cfg["train"]
-    torch.manual_seed(0)
-    model = build_model(cfg, variant)
-    opt = torch.optim.Adam(
-        model.parameters(),
-        lr=tcfg["lr"],
-        betas=tuple(tcfg["betas"]),
-        weight_decay=tcfg["weight_decay"],
-    )
+    tcfg = {**cfg["train"], "batch_size": bs}
+    state = start(cfg, variant, seed=0, device=torch.device("cpu"))
+    model = state.model
     flops = step_flops(model, x[:bs], tcfg["samples"]) * x.shape[0] / bs
-    data_gen, noise_gen = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-    train_epoch(model, opt, x[: 20 * bs], bs, tcfg, noise_gen, data_gen)  # warm-up
-    times = [train_epoch(model, opt, x, bs, tcfg, noise_gen, data_gen) for _ in range(repeats)]
+    timed_epoch(state, x[: 20 * bs], tcfg)  # warm-up
+    times = [timed_epoch(state, x, tcfg) for _ in range(repeats)]
     return {
         "variant": variant,
         "family": config_mod.variant_settings(cfg, variant)["family"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# The offline MNIST copy (see its README.md), a sibling of the repository.
-MNIST_MIRROR = (REPO_ROOT / ".." / "shared" / "data" / "mnist").resolve()
+# The offline MNIST copy: $FLOWVAE_MNIST_MIRROR when set, else the folder beside the repository.
+MNIST_MIRROR = Path(
+    os.environ.get("FLOWVAE_MNIST_MIRROR") or REPO_ROOT / ".." / "shared" / "data" / "mnist"
+).resolve()
 
 # ----------------------------------------------------------------------------- MNIST data
 
@@ -72,7 +75,8 @@ def idx_dir(tmp_path: Path) -> IdxFiles:
 
 @pytest.fixture(scope="session")
 def mnist_mirror() -> Path:
-    """The offline MNIST mirror (../shared/data/mnist); skips the test when it is absent."""
+    """The offline MNIST mirror ($FLOWVAE_MNIST_MIRROR, else ../shared/data/mnist); skips the
+    test when it is absent."""
     if not MNIST_MIRROR.is_dir():
         pytest.skip(f"offline MNIST mirror {MNIST_MIRROR} not present")
     return MNIST_MIRROR
@@ -81,10 +85,10 @@ def mnist_mirror() -> Path:
 @pytest.fixture(scope="session")
 def real_raw_dir(mnist_mirror: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four real raw MNIST files, downloaded (and verified) once per session."""
-    from flowvae import data
+    from flowvae import fetch
 
     out = tmp_path_factory.mktemp("mnist_raw")
-    data.download(out, mirror=mnist_mirror)
+    fetch.download(out, mirror=mnist_mirror)
     return out
 
 
@@ -103,3 +107,42 @@ def quick_metrics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if proc.returncode != 0:
         pytest.fail(f"the quick run (--cores 2) failed:\n{failure(proc, tmp)}")
     return metrics
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def small_config(tmp_path=None, **train_settings) -> dict:
+    """A tiny validated config of all three families (fake-MNIST sized); train keys overridable."""
+    from flowvae import config
+
+    overrides = {
+        "data": {"n_val": 30, "max_test": 20, "digits": [1, 2, 3]},
+        "model": {"hidden": [32]},
+        "variants": {
+            "standard": {"family": "gaussian"},
+            "iaf": {"family": "iaf", "context_dim": 8, "hidden": 16, "steps": 2},
+            "pcpmap": {"family": "pcpmap", "context_dim": 8, "width": 16, "context_width": 16},
+        },
+        "train": {"epochs": 4, "batch_size": 16, "checkpoint_every": 2, **train_settings},
+        "evaluate": {
+            "iwae_k": 8,
+            "grid_points": 12,
+            "images": [0, 1],
+            "samples": 2,
+            "quadrature_extent": 4.0,
+            "quadrature_points": 40,
+        },
+    }
+    return config.validate(overrides)
+
+
+@pytest.fixture
+def prepared(idx_dir, tmp_path) -> Path:
+    """The fake IDX files prepared with small_config's data settings."""
+    from flowvae import data
+
+    path = tmp_path / "data.pt"
+    cfg = small_config(tmp_path)
+    data.prepare(idx_dir.path, path, cfg["data"])
+    return path

@@ -16,10 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from conftest import MNIST_MIRROR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-MNIST_MIRROR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 QUICK = "config/quick.yaml"
 #: Columns and keys that measure time or memory, not the model: they differ from run to run.
 TIMING = re.compile(r"seconds|_benchmark_s$|max_rss")

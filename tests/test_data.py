@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowvae import data
+from flowvae import data, fetch
 from flowvae.errors import DataError
 
 DATA_CFG = {
@@ -53,7 +53,7 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_env_mirror(monkeypatch):
-    monkeypatch.delenv(data.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(fetch.MIRROR_ENV, raising=False)
 
 
 # ----------------------------------------------------------------------------- read_idx
@@ -94,7 +94,7 @@ def test_read_idx_rejects_gzip(idx_dir, tmp_path):
 def test_download_from_local_mirror(idx_dir, tmp_path, gz):
     mirror = make_mirror(idx_dir.path, tmp_path / "mirror", gz)
     out = tmp_path / "out"
-    paths = data.download(out, mirror=mirror, checksums=idx_dir.sha256)
+    paths = fetch.download(out, mirror=mirror, checksums=idx_dir.sha256)
     assert [p.name for p in paths] == list(data.FILES)
     for p in paths:
         assert p.read_bytes() == (idx_dir.path / p.name).read_bytes()
@@ -107,18 +107,18 @@ def test_download_from_local_mirror(idx_dir, tmp_path, gz):
 def test_download_skips_verified_and_refetches_bad(idx_dir, tmp_path):
     mirror = make_mirror(idx_dir.path, tmp_path / "mirror", gz=True)
     out = tmp_path / "out"
-    data.download(out, mirror=mirror, checksums=idx_dir.sha256)
+    fetch.download(out, mirror=mirror, checksums=idx_dir.sha256)
     # good copies are kept: the mirror may lose all its files
     labels_gz = mirror / f"{data.TEST_LABELS}.gz"
     saved = labels_gz.read_bytes()
     for p in mirror.iterdir():
         p.unlink()
-    data.download(out, mirror=mirror, checksums=idx_dir.sha256)
+    fetch.download(out, mirror=mirror, checksums=idx_dir.sha256)
     # a corrupted copy in out is replaced from the mirror
     labels_gz.write_bytes(saved)
     target = out / data.TEST_LABELS
     target.write_bytes(target.read_bytes()[:-5] + b"\xff" * 5)
-    data.download(out, mirror=mirror, checksums=idx_dir.sha256)
+    fetch.download(out, mirror=mirror, checksums=idx_dir.sha256)
     assert target.read_bytes() == (idx_dir.path / data.TEST_LABELS).read_bytes()
     assert leftovers(out) == []
 
@@ -128,7 +128,7 @@ def test_download_checksum_mismatch(idx_dir, tmp_path):
     out = tmp_path / "out"
     wrong = dict(idx_dir.sha256, **{data.TEST_IMAGES: "0" * 64})
     with pytest.raises(DataError) as err:
-        data.download(out, mirror=mirror, checksums=wrong)
+        fetch.download(out, mirror=mirror, checksums=wrong)
     msg = str(err.value)
     assert data.TEST_IMAGES in msg and "0" * 64 in msg and idx_dir.sha256[data.TEST_IMAGES] in msg
     assert not (out / data.TEST_IMAGES).exists()
@@ -137,14 +137,14 @@ def test_download_checksum_mismatch(idx_dir, tmp_path):
     # an existing bad copy in out_dir is deleted too
     (out / data.TEST_IMAGES).write_bytes(b"junk")
     with pytest.raises(DataError, match=data.TEST_IMAGES):
-        data.download(out, mirror=mirror, checksums=wrong)
+        fetch.download(out, mirror=mirror, checksums=wrong)
     assert not (out / data.TEST_IMAGES).exists()
 
 
 def test_download_pinned_checksums_reject_fake_files(idx_dir, tmp_path):
     mirror = make_mirror(idx_dir.path, tmp_path / "mirror", gz=True)
-    with pytest.raises(DataError, match=data.SHA256[data.TRAIN_IMAGES]):
-        data.download(tmp_path / "out", mirror=mirror)
+    with pytest.raises(DataError, match=fetch.SHA256[data.TRAIN_IMAGES]):
+        fetch.download(tmp_path / "out", mirror=mirror)
 
 
 def test_download_truncated_gzip(idx_dir, tmp_path):
@@ -153,7 +153,7 @@ def test_download_truncated_gzip(idx_dir, tmp_path):
     gz.write_bytes(gz.read_bytes()[:100])
     out = tmp_path / "out"
     with pytest.raises(DataError, match=f"{data.TRAIN_LABELS}.*truncated or corrupt gzip"):
-        data.download(out, mirror=mirror, checksums=idx_dir.sha256)
+        fetch.download(out, mirror=mirror, checksums=idx_dir.sha256)
     assert not (out / data.TRAIN_LABELS).exists()
     assert leftovers(out) == []
 
@@ -161,25 +161,25 @@ def test_download_truncated_gzip(idx_dir, tmp_path):
 def test_download_missing_mirror_folder(tmp_path):
     missing = tmp_path / "no-such-mirror"
     with pytest.raises(DataError, match="no-such-mirror"):
-        data.download(tmp_path / "out", mirror=missing)
+        fetch.download(tmp_path / "out", mirror=missing)
 
 
 def test_download_file_missing_from_mirror(idx_dir, tmp_path):
     mirror = make_mirror(idx_dir.path, tmp_path / "mirror", gz=True)
     (mirror / f"{data.TEST_LABELS}.gz").unlink()
     with pytest.raises(DataError, match=f"{data.TEST_LABELS} is missing"):
-        data.download(tmp_path / "out", mirror=mirror, checksums=idx_dir.sha256)
+        fetch.download(tmp_path / "out", mirror=mirror, checksums=idx_dir.sha256)
 
 
 def test_download_env_var_mirror(idx_dir, tmp_path, monkeypatch):
     mirror = make_mirror(idx_dir.path, tmp_path / "mirror", gz=True)
-    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(fetch.MIRROR_ENV, str(mirror))
     out = tmp_path / "out"
-    data.download(out, checksums=idx_dir.sha256)
+    fetch.download(out, checksums=idx_dir.sha256)
     assert sorted(p.name for p in out.iterdir()) == sorted(data.FILES)
-    monkeypatch.setenv(data.MIRROR_ENV, str(tmp_path / "gone"))
-    with pytest.raises(DataError, match=f"gone.*{data.MIRROR_ENV}"):
-        data.download(tmp_path / "out2", checksums=idx_dir.sha256)
+    monkeypatch.setenv(fetch.MIRROR_ENV, str(tmp_path / "gone"))
+    with pytest.raises(DataError, match=f"gone.*{fetch.MIRROR_ENV}"):
+        fetch.download(tmp_path / "out2", checksums=idx_dir.sha256)
 
 
 def test_download_no_network(tmp_path, monkeypatch):
@@ -191,8 +191,8 @@ def test_download_no_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=data.MIRROR_ENV) as err:
-        data.download(out)
+    with pytest.raises(DataError, match=fetch.MIRROR_ENV) as err:
+        fetch.download(out)
     assert data.TRAIN_IMAGES in str(err.value) and "data.mirror" in str(err.value)
     from torchvision.datasets import MNIST
 
@@ -202,7 +202,7 @@ def test_download_no_network(tmp_path, monkeypatch):
 
 def test_download_over_network_falls_back_to_next_mirror(idx_dir, tmp_path, monkeypatch):
     """First mirror is down, second serves the .gz files: all four arrive verified."""
-    first = data._public_mirrors()[0]
+    first = fetch._public_mirrors()[0]
 
     def fake(request, *args, **kwargs):
         url = request.full_url
@@ -213,7 +213,7 @@ def test_download_over_network_falls_back_to_next_mirror(idx_dir, tmp_path, monk
 
     monkeypatch.setattr(urllib.request, "urlopen", fake)
     out = tmp_path / "out"
-    data.download(out, checksums=idx_dir.sha256)
+    fetch.download(out, checksums=idx_dir.sha256)
     for name in data.FILES:
         assert (out / name).read_bytes() == (idx_dir.path / name).read_bytes()
     assert leftovers(out) == []
@@ -359,8 +359,8 @@ def test_binarize_is_seeded():
 def test_real_download_checksums_and_counts(real_raw_dir):
     for name in data.FILES:
         path = real_raw_dir / name
-        assert path.stat().st_size == data.SIZES[name]
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == data.SHA256[name]
+        assert path.stat().st_size == fetch.SIZES[name]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == fetch.SHA256[name]
     train_y = data.read_idx(real_raw_dir / data.TRAIN_LABELS).long()
     test_y = data.read_idx(real_raw_dir / data.TEST_LABELS).long()
     assert torch.bincount(train_y, minlength=10).tolist() == REAL_TRAIN_COUNTS
@@ -378,5 +378,5 @@ def test_real_prepare_digits_1234(real_raw_dir, tmp_path):
     assert out["val"].shape == (2000, 784)
     assert out["test"].shape == (1135 + 1032 + 1010 + 982, 784) == (4159, 784)
     assert torch.bincount(out["test_labels"], minlength=10).tolist()[1:5] == [1135, 1032, 1010, 982]
-    assert out["meta"]["sha256"] == data.SHA256
+    assert out["meta"]["sha256"] == fetch.SHA256
     assert set(out["test"].unique().tolist()) == {0.0, 1.0}

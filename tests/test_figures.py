@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from flowvae import figures
+from flowvae import study as study_mod
 from flowvae.errors import FlowvaeError
 
 VARIANTS = ("standard", "iaf", "pcpmap")
@@ -119,27 +120,26 @@ def build_study(root: Path) -> dict[str, list[Path]]:
     return files
 
 
-INPUTS = {
-    "posterior_true": ["grid"],
-    "posterior_q": ["grid1"],
-    "posterior_panel": ["grid"],
-    "test_loss": ["metrics"],
-    "loss_curves": ["history"],
-    "reconstructions": ["grid"],
-    "samples": ["grid"],
-    "gap_distribution": ["per_image"],
-    "gap_contours": ["per_image", "grid"],
-    "cost_tradeoff": ["metrics"],
-    "sweep": ["sweep"],
-    "quadrature_check": ["check"],
+# The synthetic files standing in for each kind of input file the registry names.
+SYNTHETIC = {
+    "grid": "grid",
+    "gap_grid": "grid",
+    "per_image": "per_image",
+    "table": "metrics",
+    "history": "history",
+    "check": "check",
 }
 
 
 def inputs_for(name: str, files: dict[str, list[Path]]) -> list[Path]:
-    """The input files of figure ``name`` (posterior_q: one variant's grid)."""
+    """The input files of figure ``name``, by the registry (a per-variant figure: one grid)."""
+    fig = figures.REGISTRY[name]
+    if not fig.inputs:  # the sweep figure reads a sweep's metrics table
+        return files["sweep"]
     out: list[Path] = []
-    for kind in INPUTS[name]:
-        out += files["grid"][2:3] if kind == "grid1" else files[kind]
+    for kind, _ in fig.inputs:
+        got = files[SYNTHETIC[kind]]
+        out += got[2:3] if fig.per_variant else got
     return out
 
 
@@ -149,11 +149,15 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return build_study(tmp_path_factory.mktemp("study"))
 
 
-def test_every_figure_is_known() -> None:
-    assert set(INPUTS) == set(figures.FIGURES)
+def test_every_registry_input_is_a_study_file() -> None:
+    kinds = set(study_mod.RUN_FILES) | set(study_mod.STUDY_FILES)
+    for fig in figures.REGISTRY.values():
+        assert {kind for kind, _ in fig.inputs} <= kinds, fig.name
+        assert {seeds for _, seeds in fig.inputs} <= {"figure_seed", "all_seeds"}, fig.name
+        assert fig.caption and fig.category, fig.name
 
 
-@pytest.mark.parametrize("name", sorted(INPUTS))
+@pytest.mark.parametrize("name", sorted(figures.REGISTRY))
 def test_figure_renders_png_and_pdf(name: str, study, tmp_path: Path) -> None:
     outputs = [tmp_path / f"{name}.png", tmp_path / "pdf" / f"{name}.pdf"]
     figures.render(name, inputs_for(name, study), outputs, CFG)
@@ -238,7 +242,7 @@ def test_gap_contours_titles_and_order_follow_per_image(study) -> None:
 
 def test_posterior_q_takes_one_variant(study, tmp_path: Path) -> None:
     with pytest.raises(FlowvaeError, match="one variant"):
-        figures.render("posterior_q", study["grid"], [tmp_path / "q.png"], CFG)
+        figures.render("posterior", study["grid"], [tmp_path / "q.png"], CFG)
 
 
 def test_variant_order_follows_config() -> None:

@@ -3,39 +3,10 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import small_config
 
-from flowvae import config, data, evaluate, train
+from flowvae import evaluate, train
 from flowvae.errors import FlowvaeError, TrainingError
-
-
-def small_config(tmp_path, **train_settings):
-    overrides = {
-        "data": {"n_val": 30, "max_test": 20, "digits": [1, 2, 3]},
-        "model": {"hidden": [32]},
-        "variants": {
-            "standard": {"family": "gaussian"},
-            "iaf": {"family": "iaf", "context_dim": 8, "hidden": 16, "steps": 2},
-            "pcpmap": {"family": "pcpmap", "context_dim": 8, "width": 16, "context_width": 16},
-        },
-        "train": {"epochs": 4, "batch_size": 16, "checkpoint_every": 2, **train_settings},
-        "evaluate": {
-            "iwae_k": 8,
-            "grid_points": 12,
-            "images": [0, 1],
-            "samples": 2,
-            "quadrature_extent": 4.0,
-            "quadrature_points": 40,
-        },
-    }
-    return config.validate(overrides)
-
-
-@pytest.fixture
-def prepared(idx_dir, tmp_path):
-    path = tmp_path / "data.pt"
-    cfg = small_config(tmp_path)
-    data.prepare(idx_dir.path, path, cfg["data"])
-    return path
 
 
 def weights(path):

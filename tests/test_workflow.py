@@ -16,36 +16,30 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pipeline
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from flowvae.figures import REGISTRY
+
 BIN = Path(sys.executable).parent
-MNIST_MIRROR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 STUDY = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
 QUICK = yaml.safe_load((REPO_ROOT / "config" / "quick.yaml").read_text())
-FIGURES = [
-    "posterior_true",
-    "posterior_panel",
-    "reconstructions",
-    "samples",
-    "test_loss",
-    "loss_curves",
-    "gap_distribution",
-    "gap_contours",
-    "cost_tradeoff",
-]
+
+
+def figure_names(variants: list[str], latent_2d: bool = True) -> list[str]:
+    """Every figure file name of a study with these variants, from the package's registry."""
+    names = []
+    for fig in REGISTRY.values():
+        if not fig.inputs or (fig.latent_2d and not latent_2d):
+            continue
+        names += [f"{fig.name}_{v}" for v in variants] if fig.per_variant else [fig.name]
+    return names
+
+
+FIGURES = figure_names(list(STUDY["variants"]))
 SLURM_PROFILES = ["slurm", "slurm-local-test"]
-
-
-def environment() -> dict[str, str]:
-    """This environment, its bin folder first on PATH (the rules call `python`), and the
-    offline MNIST mirror when there is one and FLOWVAE_MNIST_MIRROR is unset."""
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    if not env.get("FLOWVAE_MNIST_MIRROR") and MNIST_MIRROR.is_dir():
-        env["FLOWVAE_MNIST_MIRROR"] = str(MNIST_MIRROR.resolve())
-    return env
 
 
 def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -54,7 +48,7 @@ def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         cmd,
         cwd=REPO_ROOT,
-        env=environment(),
+        env=pipeline.environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -118,11 +112,16 @@ def test_study_plans_every_variant_and_seed(tmp_path):
     runs = len(STUDY["variants"]) * len(STUDY["seeds"])
     assert jobs["train"] == runs == 15
     assert jobs["evaluate"] == runs
-    assert jobs["posterior_q"] == len(STUDY["variants"])
-    for rule in ["download", "prepare", "aggregate", "summary", *FIGURES]:
+    assert "quadrature_check" in FIGURES and "posterior_iaf" in FIGURES
+    for rule in ["download", "prepare", "aggregate", "summary"]:
         assert jobs[rule] == 1, rule
+    for name in FIGURES:
+        assert jobs[f"figure_{name}"] == 1, name
     assert not [rule for rule in jobs if "sweep" in rule], "no sweep is configured"
-    assert not (tmp_path / "results").exists(), "a dry run wrote results"
+    written = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert written and all("settings" in p.relative_to(tmp_path).parts for p in written), (
+        "a dry run writes only the settings files"
+    )
 
 
 def test_quick_config_plans_every_variant_and_seed(tmp_path):
@@ -130,7 +129,7 @@ def test_quick_config_plans_every_variant_and_seed(tmp_path):
     assert jobs["train"] == len(QUICK["variants"]) * len(QUICK["seeds"]) == 6
 
 
-def test_sweep_runs_each_value_and_passes_it_with_set(tmp_path):
+def test_sweep_runs_each_value_with_its_settings_file(tmp_path):
     extra = write_config(
         tmp_path,
         "sweeps:\n"
@@ -158,11 +157,15 @@ def test_sweep_runs_each_value_and_passes_it_with_set(tmp_path):
     )
     text = output(proc)
     assert proc.returncode == 0, text
-    assert "--set 'model.hidden=[64, 64]'" in text
+    width = results / "sweeps" / "width" / "64-64" / "settings"
+    assert json.loads((width / "evaluate" / "standard" / "seed1.json").read_text())["model"][
+        "hidden"
+    ] == [64, 64]
     # A variants.NAME.* sweep runs NAME only, and its job gets only NAME's settings.
     (steps,) = [line for line in text.splitlines() if "flowvae train" in line and "/steps/" in line]
-    assert "--set variants.iaf.steps=8" in steps
-    assert '"variants": {"iaf": {' in steps
+    settings = json.loads((results / "sweeps/steps/8/settings/train/iaf/seed1.json").read_text())
+    assert settings["variants"] == {"iaf": {**settings["variants"]["iaf"], "steps": 8}}
+    assert "settings/train/iaf/seed1.json" in steps
 
 
 def test_stages_depend_on_their_package_files(tmp_path):
@@ -351,7 +354,9 @@ def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
     configs = ["config/quick.yaml", extra]
     jobs = dry_run(tmp=quick, configfiles=configs)
     assert jobs["train_sweep"] == jobs["evaluate_sweep"] == 1
-    assert not {"download", "prepare", "train", "evaluate", "aggregate", "test_loss"} & set(jobs)
+    assert not {"download", "prepare", "train", "evaluate", "aggregate", "figure_test_loss"} & set(
+        jobs
+    )
     run_dir = quick / "results" / "sweeps" / "lr" / "0.0003" / "runs" / "standard" / "seed0"
     proc = snakemake(run_dir / "model.pt", "--cores", "2", tmp=quick, configfiles=configs)
     assert proc.returncode == 0, output(proc)
@@ -371,12 +376,12 @@ def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
     figure = quick / "figures" / "test_loss.png"
     figure.unlink()
     assert dry_run(figure, tmp=quick, configfiles=["config/quick.yaml"]) == {
-        "test_loss": 1,
+        "figure_test_loss": 1,
         "total": 1,
     }
     proc = snakemake("--cores", "2", tmp=quick, configfiles=["config/quick.yaml"])
     assert proc.returncode == 0, output(proc)
-    assert re.search(r"test_loss\s+1", output(proc))
+    assert re.search(r"figure_test_loss\s+1", output(proc))
     assert figure.exists()
     assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from flowvae import config as config_mod
+from flowvae import io
 from flowvae.errors import FlowvaeError
 
 log = logging.getLogger("flowvae")
@@ -31,8 +32,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="config file; may be repeated, later files win (default: schema defaults)",
     )
     g.add_argument(
-        "--settings", metavar="JSON", help="config as a JSON string (used by the pipeline)"
+        "--settings-file",
+        metavar="JSON",
+        help="settings file written by the workflow (flowvae.study); train and evaluate copy "
+        "it into their output folder as settings.json when they succeed",
     )
+    g.add_argument("--settings", metavar="JSON", help="config as a JSON string")
     g.add_argument(
         "--set",
         action="append",
@@ -44,13 +49,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args: argparse.Namespace) -> dict:
-    return config_mod.load(args.config, args.settings, args.overrides)
+    files = [*args.config, *([args.settings_file] if args.settings_file else [])]
+    return config_mod.load(files, args.settings, args.overrides)
+
+
+def _record_settings(args: argparse.Namespace, folder: Path) -> None:
+    """Copy the settings file into the finished output folder (the run's provenance)."""
+    if args.settings_file:
+        io.write_text(folder / "settings.json", Path(args.settings_file).read_text())
+
+
+def _check_model(model: str, cfg: dict) -> None:
+    """Stop when the model was trained with settings other than ``cfg``'s (StaleRunError)."""
+    from flowvae import train
+
+    path = Path(model)
+    _, record = train.load_model(path)
+    train.check_trained_with(record, cfg, path)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from flowvae import data
+    from flowvae import fetch
 
-    data.download(Path(args.out), mirror=args.mirror)
+    fetch.download(Path(args.out), mirror=args.mirror)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -75,12 +96,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.no_progress,
     )
+    _record_settings(args, Path(args.out))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from flowvae import evaluate
 
     cfg = _cfg(args)
+    _check_model(args.model, cfg)
     evaluate.evaluate(
         cfg,
         Path(args.model),
@@ -89,12 +112,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         threads=args.threads,
         progress=not args.no_progress,
     )
+    _record_settings(args, Path(args.out))
 
 
 def cmd_gap_grids(args: argparse.Namespace) -> None:
     from flowvae import evaluate
 
     cfg = _cfg(args)
+    _check_model(args.model, cfg)
     evaluate.gap_grids(
         cfg,
         Path(args.model),
@@ -109,6 +134,8 @@ def cmd_gap_grids(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from flowvae import report
 
+    if args.expect:
+        report.check_evaluations([Path(p) for p in args.evals], [Path(p) for p in args.expect])
     values = None
     if args.sweep_values is not None:
         values = [yaml.safe_load(v) for v in args.sweep_values]
@@ -212,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
         "gap-grids",
         help="posterior grids of the test images with the largest gap under a reference",
         description="Draw log q and log p(x, z) on the z grid for the TOP test images whose "
-        "posterior gap is largest in the reference variant's per_image.csv (the standard VAE), "
+        "posterior gap is largest in the reference variant's per_image.csv (config key "
+        "`reference`), "
         "for the figure gap_contours.",
     )
     p.add_argument("--model", required=True, help="model.pt from train")
@@ -231,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--evals", nargs="+", required=True, help="metrics.json files")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    p.add_argument(
+        "--expect",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="the settings file of each --evals file, same order: stop if an evaluation was "
+        "made with other settings",
+    )
     p.add_argument("--sweep", default=None, help="name of the sweep these runs belong to")
     p.add_argument(
         "--sweep-values",
@@ -244,7 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summarize", help="markdown summary with statistics across seeds")
     p.add_argument("--metrics", required=True, help="metrics.csv from aggregate")
-    p.add_argument("--reference", default="standard", help="variant the flows are compared with")
+    p.add_argument(
+        "--reference",
+        default="standard",
+        help="variant the others are compared with (the workflow passes config key `reference`)",
+    )
     p.add_argument("--out", required=True, help="output .md file")
     p.set_defaults(func=cmd_summarize)
 

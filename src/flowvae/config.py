@@ -1,12 +1,13 @@
 """Study configuration: load YAML, apply overrides, validate against the JSON schema.
 
-The schema (``workflow/schemas/config.schema.yaml``) is the single source of truth for keys,
-types and defaults; Snakemake validates the same file with ``validate()``.
+The schema (``config.schema.yaml``, package data of flowvae) is the single source of truth for
+keys, types and defaults; the Snakefile's ``validate()`` reads the same file (SCHEMA_PATH).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(str(importlib.resources.files("flowvae") / "config.schema.yaml"))
 
 
 from flowvae.errors import ConfigError  # noqa: E402  (re-exported)
@@ -64,13 +65,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' is not of the form key.sub=value")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value)
-    if isinstance(parsed, str):  # YAML 1.1 reads '1e-5' as a string; users mean a number
+    return key.strip().split("."), parse_value(value)
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML, '1e-5' as a number (YAML 1.1 reads it as a string).
+
+    >>> parse_value("[0, 1]"), parse_value("1e-5"), parse_value("null"), parse_value("relu")
+    ([0, 1], 1e-05, None, 'relu')
+    """
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"value {text!r} is not valid YAML: {exc}") from None
+    if isinstance(parsed, str):
         try:
-            parsed = float(parsed)
+            return float(parsed)
         except ValueError:
             pass
-    return key.strip().split("."), parsed
+    return parsed
 
 
 def set_dotted(cfg: dict, keys: list[str], value: Any) -> None:
@@ -90,8 +103,17 @@ def load(
     """Merge YAML files (later wins, section by section), a JSON string, and key=value overrides."""
     cfg: dict = {}
     for path in paths or []:
-        with open(path) as fh:
-            loaded = yaml.safe_load(fh) or {}
+        try:
+            with open(path) as fh:
+                # JSON through json: YAML 1.1 reads a JSON number such as 1e-05 as a string
+                is_json = str(path).endswith(".json")
+                loaded = (json.load(fh) if is_json else yaml.safe_load(fh)) or {}
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(
+                f"config file {path} is not valid YAML or JSON ({exc}); fix or delete it"
+            ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} does not hold a mapping")
         _merge(cfg, loaded)

@@ -15,3 +15,8 @@ class DataError(FlowvaeError):
 
 class TrainingError(FlowvaeError):
     """Training cannot go on (e.g. a NaN or Inf loss); the message names the epoch and batch."""
+
+
+class StaleRunError(FlowvaeError):
+    """An input was made with settings other than the current config's; the message names the
+    run, the keys that differ and the command that rebuilds it."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -35,7 +36,6 @@ LEVELS = np.linspace(-DEPTH, 0.0, 11)
 BASE_KEYS = ("variant", "seed", "images", "image_index", "labels")
 PICTURE_KEYS = ("recon_inputs", "recon", "samples")
 CONTOUR_KEYS = ("z1", "z2", "log_q", "log_joint")  # written only when the latent space is 2-D
-REFERENCE = "standard"
 LOSS_LABEL = "test negative ELBO (nats)"
 
 
@@ -87,7 +87,8 @@ def _order(variants, cfg: dict) -> list[str]:
     """Variants in config order (reference first when the config has none), then the rest."""
     names = set(variants)
     configured = [v for v in (cfg.get("variants") or {}) if v in names]
-    rest = sorted(names - set(configured), key=lambda v: (v != REFERENCE, v))
+    reference = cfg.get("reference", "standard")
+    rest = sorted(names - set(configured), key=lambda v: (v != reference, v))
     return configured + rest
 
 
@@ -285,8 +286,8 @@ def gap_contours(inputs: list[Path], cfg: dict):
     """True posterior vs q per variant, titled with each image's gap, largest reference gap first.
 
     The pipeline passes the gap_grid.npz files (``flowvae gap-grids``: the test images with
-    the largest gap under the reference, standard VAE) and the per_image.csv files of the same
-    seed; each panel's gap is looked up by variant, seed and image index.
+    the largest gap under the config's ``reference`` variant) and the per_image.csv files of
+    the same seed; each panel's gap is looked up by variant, seed and image index.
     """
     grids = _grids(inputs, cfg)
     per_image = _read_csvs(inputs, "per_image.csv files", ("variant", "seed", "index", "gap"))
@@ -296,7 +297,8 @@ def gap_contours(inputs: list[Path], cfg: dict):
     def gap_of(g: dict, i: int) -> float:
         return float(gaps.get((g["variant"], g["seed"], int(g["image_index"][i])), np.nan))
 
-    ref = next((g for g in grids if g["variant"] == REFERENCE), grids[0])
+    reference = cfg.get("reference", "standard")
+    ref = next((g for g in grids if g["variant"] == reference), grids[0])
     order = sorted(
         range(len(ref["image_index"])), key=lambda i: -np.nan_to_num(gap_of(ref, i), nan=-np.inf)
     )
@@ -637,28 +639,156 @@ def quadrature_check(inputs: list[Path], cfg: dict):
     return fig
 
 
-# ----------------------------------------------------------------------------- dispatch
+# ----------------------------------------------------------------------------- registry
 
-FIGURES: dict[str, Callable[[list[Path], dict], plt.Figure]] = {
-    "posterior_true": posterior_true,
-    "posterior_q": posterior_q,
-    "posterior_panel": posterior_panel,
-    "test_loss": test_loss,
-    "loss_curves": loss_curves,
-    "reconstructions": reconstructions,
-    "samples": samples,
-    "gap_distribution": gap_distribution,
-    "gap_contours": gap_contours,
-    "cost_tradeoff": cost_tradeoff,
-    "sweep": sweep,
-    "quadrature_check": quadrature_check,
-}
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the study: the workflow makes a rule, a target and a report entry of it.
+
+    ``inputs`` lists (file kind, seeds): a key of flowvae.study.RUN_FILES (read for every
+    variant and for the first seed or every seed) or of flowvae.study.STUDY_FILES.
+    ``caption`` is reStructuredText with Jinja (``snakemake.config``) for the HTML report;
+    ``@VARIANT@`` stands for the variant of a per-variant figure.
+    """
+
+    name: str
+    draw: Callable[[list[Path], dict], plt.Figure]
+    inputs: tuple[tuple[str, str], ...]
+    caption: str
+    category: str
+    latent_2d: bool = False  # needs the 2-D quadrature or contour grids
+    per_variant: bool = False  # one figure NAME_<variant> per variant
+    needs_reference: bool = False  # left out when the reference variant is not run
+
+
+_SEED = 'seed {{ snakemake.config["seeds"][0] }}'
+_ALL = (
+    Figure(
+        "posterior_true",
+        posterior_true,
+        (("grid", "figure_seed"),),
+        "The true posterior log p(z|x) + const = log p(x|z) + log p(z) of the test images chosen "
+        "by ``evaluate.images`` over the z grid (half-width "
+        '{{ snakemake.config["evaluate"]["grid_extent"] }}); one row per variant, because each '
+        f"variant trains its own decoder. {_SEED.capitalize()}. Contours are nats below the "
+        "maximum of each panel.",
+        "Posteriors",
+        latent_2d=True,
+    ),
+    Figure(
+        "posterior",
+        posterior_q,
+        (("grid", "figure_seed"),),
+        "The approximate posterior log q(z|x) of the variant **@VARIANT@** for the test images "
+        "chosen by ``evaluate.images``, over the same z grid as the true posterior. "
+        f"{_SEED.capitalize()}. Contours are nats below the maximum of each panel.",
+        "Posteriors",
+        latent_2d=True,
+        per_variant=True,
+    ),
+    Figure(
+        "posterior_panel",
+        posterior_panel,
+        (("grid", "figure_seed"),),
+        "True posterior log p(z|x) + const and approximate posterior log q(z|x) of every "
+        "variant, side by side, for the test images chosen by ``evaluate.images`` "
+        f"({_SEED}). A flexible posterior follows the shape of the true one; a Gaussian can "
+        "only match an ellipse.",
+        "Posteriors",
+        latent_2d=True,
+    ),
+    Figure(
+        "gap_contours",
+        gap_contours,
+        (("gap_grid", "figure_seed"), ("per_image", "figure_seed")),
+        "True posterior log p(z|x) + const and approximate posterior log q(z|x) of every "
+        f"variant for the test images with the largest gap under the reference variant ({_SEED}),"
+        " each panel titled with that image's posterior gap KL(q(z|x) || p(z|x)) = log p(x) - "
+        "ELBO(x) in nats, rows sorted by the reference variant's gap.",
+        "Posterior gap",
+        latent_2d=True,
+        needs_reference=True,
+    ),
+    Figure(
+        "gap_distribution",
+        gap_distribution,
+        (("per_image", "all_seeds"),),
+        "Distribution over the test images of the posterior gap KL(q(z|x) || p(z|x)) = "
+        "log p(x) - ELBO(x), with log p(x) by quadrature on a grid, for every variant (all "
+        "seeds pooled). The gap is the part of the test loss that a better posterior can remove.",
+        "Posterior gap",
+        latent_2d=True,
+    ),
+    Figure(
+        "test_loss",
+        test_loss,
+        (("table", "all_seeds"),),
+        'Test loss (negative ELBO with {{ snakemake.config["evaluate"]["samples"] }} samples per'
+        " image, nats, lower is better) of every variant: one point per seed, and mean and "
+        'standard deviation over the seeds {{ snakemake.config["seeds"] | join(", ") }}.',
+        "Losses",
+    ),
+    Figure(
+        "loss_curves",
+        loss_curves,
+        (("history", "all_seeds"),),
+        "Training and validation loss (negative ELBO, nats) per epoch, mean and spread over "
+        "seeds for every variant.",
+        "Losses",
+    ),
+    Figure(
+        "cost_tradeoff",
+        cost_tradeoff,
+        (("table", "all_seeds"),),
+        "Test loss against training time per epoch: what the flows' lower loss costs in "
+        "compute. One point per seed, and the mean of each variant.",
+        "Losses",
+    ),
+    Figure(
+        "quadrature_check",
+        quadrature_check,
+        (("check", "all_seeds"),),
+        "Validation of the exact evaluation. For a sample of test images "
+        "(``evaluate.check_images``) the IWAE lower bound is estimated with growing K "
+        "(``evaluate.check_ks``, several repeats each) and compared with log p(x) from the grid "
+        "quadrature. Left: how far the bound lies below log p(x). Right: the excess of the bound "
+        "over log p(x) in units of its standard error; above 3 would mean the grid misses mass.",
+        "Posterior gap",
+        latent_2d=True,
+    ),
+    Figure(
+        "reconstructions",
+        reconstructions,
+        (("grid", "figure_seed"),),
+        "Test images and their reconstructions (Bernoulli means of the decoder at one posterior "
+        f"sample) by each variant, {_SEED}.",
+        "Samples",
+    ),
+    Figure(
+        "samples",
+        samples,
+        (("grid", "figure_seed"),),
+        f"Decoder means at samples z from the prior N(0, I) for each variant, {_SEED}.",
+        "Samples",
+    ),
+    Figure(
+        "sweep",
+        sweep,
+        (),
+        "Test loss against the value of the swept key for every variant: one point per seed "
+        "and the mean and standard deviation over seeds.",
+        "Sweeps",
+    ),
+)
+#: Every figure by name; the workflow, the report and the tests read this and nothing else.
+REGISTRY: dict[str, Figure] = {f.name: f for f in _ALL}
 
 
 def render(name: str, inputs: list[Path], outputs: list[Path], cfg: dict) -> None:
     """Draw the figure ``name`` from ``inputs`` and save it (atomically) to every output."""
-    if name not in FIGURES:
-        raise FlowvaeError(f"unknown figure '{name}' (known: {', '.join(sorted(FIGURES))})")
+    if name not in REGISTRY:
+        raise FlowvaeError(f"unknown figure '{name}' (known: {', '.join(sorted(REGISTRY))})")
     for path in inputs:
         if not Path(path).is_file():
             raise FlowvaeError(f"input file {path} of figure {name} does not exist")
@@ -667,7 +797,8 @@ def render(name: str, inputs: list[Path], outputs: list[Path], cfg: dict) -> Non
     before = set(plt.get_fignums())
     try:
         with plt.rc_context(_theme()):
-            fig = FIGURES[name]([Path(p) for p in inputs], cfg or {})
+            np.random.seed(0)  # seaborn's strip-plot jitter: the same figure every time
+            fig = REGISTRY[name].draw([Path(p) for p in inputs], cfg or {})
             supported = fig.canvas.get_supported_filetypes()
             for out in outputs:
                 if Path(out).suffix.lstrip(".").lower() not in supported:

@@ -53,8 +53,12 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> None:
     """Save a matplotlib figure atomically; the format follows the suffix of ``path``."""
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt in ("pdf", "svg") and "metadata" not in kwargs:
+        # no creation date: a figure that did not change is the same file, byte for byte
+        kwargs["metadata"] = {"CreationDate": None} if fmt == "pdf" else {"Date": None}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+        fig.savefig(tmp, format=fmt, **kwargs)
 
 
 def write_npz(path: str | os.PathLike, arrays: dict) -> None:

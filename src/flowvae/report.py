@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from flowvae import io
-from flowvae.errors import FlowvaeError
+from flowvae.errors import FlowvaeError, StaleRunError
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,28 @@ def _sort_value(value) -> tuple:
     if isinstance(value, bool | int | float | np.number):
         return (0, float(value), "")
     return (1, 0.0, str(value))
+
+
+def check_evaluations(evals: list[Path], expected: list[Path]) -> None:
+    """Stop (StaleRunError) when an evaluation's recorded settings (settings.json beside its
+    metrics.json) differ from the settings file the workflow expects for it."""
+    from flowvae.train import settings_difference
+
+    if len(evals) != len(expected):
+        raise FlowvaeError(f"{len(evals)} evaluations but {len(expected)} settings files")
+    for metrics, settings in zip(evals, expected, strict=True):
+        recorded = metrics.parent / "settings.json"
+        try:
+            made = json.loads(recorded.read_text())
+        except (OSError, ValueError):
+            made = None
+        wanted = json.loads(settings.read_text())
+        if made != wanted:
+            keys = "no record" if made is None else ", ".join(settings_difference(made, wanted))
+            raise StaleRunError(
+                f"{metrics.parent} was evaluated with other settings than the current config "
+                f"({keys}); run the pipeline again (it rebuilds it), or delete that folder"
+            )
 
 
 def aggregate(

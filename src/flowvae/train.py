@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +22,8 @@ from tqdm import tqdm
 from flowvae import data as data_mod
 from flowvae import io
 from flowvae.config import variant_settings
-from flowvae.errors import FlowvaeError, TrainingError
+from flowvae.errors import FlowvaeError, StaleRunError, TrainingError
+from flowvae.lock import run_lock
 from flowvae.objectives import elbo_terms
 from flowvae.vae import VAE, build_model
 
@@ -94,137 +96,120 @@ def _check_writable(out_dir: Path) -> None:
         raise FlowvaeError(f"output folder {out_dir} is not writable: {exc.strerror}") from exc
 
 
-def train(
-    cfg: dict,
-    variant: str,
-    seed: int,
-    data_path: Path,
-    out_dir: Path,
-    threads: int | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Train one variant with one seed; write model.pt, history.csv, train.json into out_dir."""
-    tcfg = cfg["train"]
-    _check_writable(out_dir)
-    torch.set_num_threads(threads or tcfg["threads"])
-    device = pick_device(tcfg["device"])
-    data = data_mod.load_prepared(data_path)
-    dynamic = data["binarize"] == "dynamic"
-    x_train = None if dynamic else data["train"].to(device)  # dynamic: re-binarized each epoch
-    x_val = data["val"].to(device)
-
-    torch.manual_seed(seed)
-    model = build_model(cfg, variant).to(device)
-    optimizer = torch.optim.Adam(
+def make_optimizer(model: VAE, tcfg: dict) -> torch.optim.Adam:
+    """Adam with the config's betas and weight decay; the lr is set per epoch by the schedule."""
+    return torch.optim.Adam(
         model.parameters(),
         lr=tcfg["lr"],
         betas=tuple(tcfg["betas"]),
         weight_decay=tcfg["weight_decay"],
     )
-    data_gen = torch.Generator().manual_seed(seed)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 10_000)
-    settings = run_settings(cfg, variant, seed)
-    key = fingerprint(settings)
-    history: list[dict] = []
-    start = 0
 
-    ckpt_path = out_dir / "checkpoint.pt"
-    if resume and ckpt_path.exists():
-        # RNG states must stay CPU tensors; load_state_dict moves the weights to the device
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["fingerprint"] == key:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            data_gen.set_state(ckpt["data_gen"])
-            noise_gen.set_state(ckpt["noise_gen"])
-            history, start = ckpt["history"], ckpt["epoch"]
-            log.info("resuming %s seed %d from epoch %d (%s)", variant, seed, start, ckpt_path)
-        else:
-            log.warning("ignoring %s: it was written with other settings", ckpt_path)
 
-    n, bs = data["train"].shape[0], tcfg["batch_size"]
-    n_batches = math.ceil(n / bs)
-    bar = tqdm(
-        total=tcfg["epochs"],
-        initial=start,
-        desc=f"{variant} seed {seed}",
-        disable=not progress,
-        mininterval=2.0,
-        unit="epoch",
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds: weights, optimizer, both generators, finished epochs."""
+
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    data_gen: torch.Generator
+    noise_gen: torch.Generator
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0  # epochs finished
+
+
+def start(cfg: dict, variant: str, seed: int, device: torch.device) -> TrainState:
+    """A fresh run: weights from ``seed``, shuffling from ``seed``, noise from ``seed + 10000``."""
+    torch.manual_seed(seed)
+    model = build_model(cfg, variant).to(device)
+    return TrainState(
+        model=model,
+        optimizer=make_optimizer(model, cfg["train"]),
+        data_gen=torch.Generator().manual_seed(seed),
+        noise_gen=torch.Generator(device=device).manual_seed(seed + 10_000),
     )
-    for epoch in range(start, tcfg["epochs"]):
-        lr, beta = learning_rate(tcfg, epoch), kl_weight(tcfg, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        x_epoch = data_mod.binarize(data["train"], data_gen).to(device) if dynamic else x_train
-        order = torch.randperm(n, generator=data_gen).to(device)
-        total = 0.0
-        for b in range(n_batches):
-            x = x_epoch[order[b * bs : (b + 1) * bs]]
-            terms = elbo_terms(model, x, tcfg["samples"], beta, noise_gen)
-            loss = terms["loss"].mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{variant} seed {seed}: loss is {loss.item()} at epoch {epoch + 1}, batch "
-                    f"{b + 1} (lr {lr:g}); lower train.lr or set train.grad_clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg["grad_clip"] is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
-            optimizer.step()
-            total += terms["neg_elbo"].detach().sum().item()
-        seconds = time.perf_counter() - t0
-        val = validation_loss(model, x_val, seed=seed)
-        history.append(
-            {
-                "variant": variant,
-                "seed": seed,
-                "epoch": epoch + 1,
-                "train_loss": total / n,
-                "val_loss": val["neg_elbo"],
-                "val_rec": val["rec"],
-                "val_kl": val["reg"],
-                "lr": lr,
-                "beta": beta,
-                "seconds": seconds,
-            }
-        )
-        bar.set_postfix(train=f"{total / n:.2f}", val=f"{val['neg_elbo']:.2f}")
-        bar.update(1)
-        if not progress:
-            log.info(
-                "epoch %d: train %.3f val %.3f (%.1f s)",
-                epoch + 1,
-                total / n,
-                val["neg_elbo"],
-                seconds,
-            )
-        if (epoch + 1) % tcfg["checkpoint_every"] == 0 and epoch + 1 < tcfg["epochs"]:
-            io.torch_save(
-                {
-                    "fingerprint": key,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "data_gen": data_gen.get_state(),
-                    "noise_gen": noise_gen.get_state(),
-                    "history": history,
-                },
-                ckpt_path,
-            )
-    bar.close()
 
-    hist = pd.DataFrame(history)
+
+def save_checkpoint(state: TrainState, key: str, path: Path) -> None:
+    io.torch_save(
+        {
+            "fingerprint": key,
+            "epoch": state.epoch,
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "data_gen": state.data_gen.get_state(),
+            "noise_gen": state.noise_gen.get_state(),
+            "history": state.history,
+        },
+        path,
+    )
+
+
+def resume_from_checkpoint(state: TrainState, key: str, path: Path) -> bool:
+    """Continue ``state`` from the checkpoint at ``path`` if it exists, is readable and was
+    written with the same settings (fingerprint ``key``); else leave it and say why."""
+    if not path.exists():
+        return False
+    try:
+        # RNG states must stay CPU tensors; load_state_dict moves the weights to the device
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["fingerprint"] != key:
+            log.warning("ignoring %s: it was written with other settings", path)
+            return False
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.data_gen.set_state(ckpt["data_gen"])
+        state.noise_gen.set_state(ckpt["noise_gen"])
+        state.history, state.epoch = ckpt["history"], ckpt["epoch"]
+    except Exception as exc:  # a damaged file: any unpickling or shape error
+        log.warning("checkpoint %s is damaged (%s); training starts over", path, exc)
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def train_epoch(
+    state: TrainState, x: torch.Tensor, tcfg: dict, beta: float, label: str = ""
+) -> float:
+    """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg); returns the
+    mean negative ELBO over the epoch's images."""
+    n, bs = x.shape[0], tcfg["batch_size"]
+    order = torch.randperm(n, generator=state.data_gen).to(x.device)
+    params = list(state.model.parameters())
+    total = 0.0
+    for b in range(math.ceil(n / bs)):
+        terms = elbo_terms(
+            state.model, x[order[b * bs : (b + 1) * bs]], tcfg["samples"], beta, state.noise_gen
+        )
+        loss = terms["loss"].mean()
+        if not torch.isfinite(loss):
+            lr = state.optimizer.param_groups[0]["lr"]
+            raise TrainingError(
+                f"{label}: loss is {loss.item()} at epoch {state.epoch + 1}, batch "
+                f"{b + 1} (lr {lr:g}); lower train.lr or set train.grad_clip"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tcfg["grad_clip"] is not None:
+            torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+        state.optimizer.step()
+        total += terms["neg_elbo"].detach().sum().item()
+    return total / n
+
+
+def write_outputs(
+    state: TrainState, settings: dict, key: str, cfg: dict, n_train: int, out_dir: Path
+) -> dict:
+    """model.pt, history.csv and train.json (written last) into ``out_dir``."""
+    hist = pd.DataFrame(state.history)
+    device = next(state.model.parameters()).device
     summary = {
-        "variant": variant,
-        "seed": seed,
+        "variant": settings["variant"],
+        "seed": settings["seed"],
         "family": settings["posterior"]["family"],
-        "epochs": tcfg["epochs"],
-        "n_train": n,
-        "n_params": sum(p.numel() for p in model.parameters()),
+        "epochs": cfg["train"]["epochs"],
+        "n_train": n_train,
+        "n_params": sum(p.numel() for p in state.model.parameters()),
         "train_seconds": float(hist["seconds"].sum()),
         "seconds_per_epoch": float(hist["seconds"].mean()),
         "final_train_loss": float(hist["train_loss"].iloc[-1]),
@@ -235,16 +220,119 @@ def train(
     }
     io.torch_save(
         {
-            "state_dict": model.state_dict(),
+            "state_dict": state.model.state_dict(),
             "config": cfg,
-            "variant": variant,
-            "seed": seed,
+            "variant": settings["variant"],
+            "seed": settings["seed"],
             "summary": summary,
         },
         out_dir / "model.pt",
     )
     io.write_csv(hist, out_dir / "history.csv")
     io.write_json(out_dir / "train.json", summary)
+    return summary
+
+
+def train(
+    cfg: dict,
+    variant: str,
+    seed: int,
+    data_path: Path,
+    out_dir: Path,
+    threads: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train one variant with one seed; write model.pt, history.csv, train.json into out_dir.
+
+    The run folder is locked for the whole run (:mod:`flowvae.lock`): a second trainer of the
+    same folder stops at once, naming the first.
+    """
+    _check_writable(out_dir)
+    label = f"{variant} seed {seed}"
+    with run_lock(out_dir, f"training {label}"):
+        return _train_locked(
+            cfg, variant, seed, data_path, out_dir, threads, resume, progress, label
+        )
+
+
+def _train_locked(
+    cfg: dict,
+    variant: str,
+    seed: int,
+    data_path: Path,
+    out_dir: Path,
+    threads: int | None,
+    resume: bool,
+    progress: bool,
+    label: str,
+) -> dict:
+    """start or resume -> epochs (train, validate, checkpoint) -> write outputs."""
+    tcfg = cfg["train"]
+    torch.set_num_threads(threads or tcfg["threads"])
+    device = pick_device(tcfg["device"])
+    data = data_mod.load_prepared(data_path)
+    dynamic = data["binarize"] == "dynamic"
+    x_train = None if dynamic else data["train"].to(device)  # dynamic: re-binarized each epoch
+    x_val = data["val"].to(device)
+    n = data["train"].shape[0]
+
+    state = start(cfg, variant, seed, device)
+    settings = run_settings(cfg, variant, seed)
+    key = fingerprint(settings)
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and resume_from_checkpoint(state, key, ckpt_path):
+        log.info("resuming %s from epoch %d (%s)", label, state.epoch, ckpt_path)
+
+    bar = tqdm(
+        total=tcfg["epochs"],
+        initial=state.epoch,
+        desc=label,
+        disable=not progress,
+        mininterval=2.0,
+        unit="epoch",
+    )
+    while state.epoch < tcfg["epochs"]:
+        epoch = state.epoch
+        lr, beta = learning_rate(tcfg, epoch), kl_weight(tcfg, epoch)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        t0 = time.perf_counter()
+        x_epoch = (
+            data_mod.binarize(data["train"], state.data_gen).to(device) if dynamic else x_train
+        )
+        train_loss = train_epoch(state, x_epoch, tcfg, beta, label)
+        seconds = time.perf_counter() - t0
+        val = validation_loss(state.model, x_val, seed=seed)
+        state.history.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val["neg_elbo"],
+                "val_rec": val["rec"],
+                "val_kl": val["reg"],
+                "lr": lr,
+                "beta": beta,
+                "seconds": seconds,
+            }
+        )
+        state.epoch += 1
+        bar.set_postfix(train=f"{train_loss:.2f}", val=f"{val['neg_elbo']:.2f}")
+        bar.update(1)
+        if not progress:
+            log.info(
+                "epoch %d: train %.3f val %.3f (%.1f s)",
+                epoch + 1,
+                train_loss,
+                val["neg_elbo"],
+                seconds,
+            )
+        if state.epoch % tcfg["checkpoint_every"] == 0 and state.epoch < tcfg["epochs"]:
+            save_checkpoint(state, key, ckpt_path)
+    bar.close()
+    summary = write_outputs(state, settings, key, cfg, n, out_dir)
     ckpt_path.unlink(missing_ok=True)  # done: a rerun (e.g. after a code change) starts afresh
     return summary
 
@@ -253,8 +341,48 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[VAE, dic
     """Rebuild a trained model from model.pt; returns (model in eval mode, the saved record)."""
     try:
         record = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError) as exc:
-        raise FlowvaeError(f"cannot read model file {path}: {exc}") from exc
-    model = build_model(record["config"], record["variant"]).to(device)
-    model.load_state_dict(record["state_dict"])
+        model = build_model(record["config"], record["variant"]).to(device)
+        model.load_state_dict(record["state_dict"])
+    except FlowvaeError:
+        raise
+    except Exception as exc:  # truncated, not a torch file, or from another model
+        raise FlowvaeError(
+            f"model file {path} is damaged or unreadable ({type(exc).__name__}: {exc}); "
+            f"delete it and run the pipeline again to retrain that run"
+        ) from exc
     return model.eval(), record
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def settings_difference(made_with: dict, wanted: dict) -> list[str]:
+    """Dotted keys whose values differ between two settings trees.
+
+    >>> settings_difference({"train": {"lr": 1e-3, "epochs": 4}}, {"train": {"lr": 3e-4}})
+    ['train.epochs', 'train.lr']
+    """
+    a, b = _flatten(made_with), _flatten(wanted)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def check_trained_with(record: dict, cfg: dict, path: Path) -> None:
+    """Stop (StaleRunError) when the model at ``path`` was trained with settings other than
+    those ``cfg`` asks for, naming the run, the keys that differ and how to rebuild it."""
+    variant, seed = record["variant"], record["seed"]
+    made = run_settings(record["config"], variant, seed)
+    wanted = run_settings(cfg, variant, seed)
+    if fingerprint(made) != fingerprint(wanted):
+        keys = settings_difference(made, wanted)
+        raise StaleRunError(
+            f"{path} ({variant} seed {seed}) was trained with other settings than the current "
+            f"config ({', '.join(keys)} differ); run the pipeline again (it retrains runs whose "
+            f"settings changed), or delete {path.parent} and rerun"
+        )

@@ -2,20 +2,19 @@
 
 
 # The four raw files, checksum-verified by the package. On a cluster this runs on the
-# login node, where the network (or the mirror folder) is reachable.
+# login node, where the network (or the mirror folder, FLOWVAE_MNIST_MIRROR) is reachable.
 rule download:
     output:
-        raw=expand(results("data/raw/{name}"), name=MNIST_FILES),
+        raw=expand(results("data/raw/{name}"), name=flowvae_study.MNIST_FILES),
     log:
         results("logs/download.log"),
     localrule: True
     conda:
         ENV
     params:
-        mirror=mirror_option,
         out=parent,
     shell:
-        "python -m flowvae download --out {params.out:q} {params.mirror} > {log:q} 2>&1"
+        "python -m flowvae download --out {params.out:q} > {log:q} 2>&1"
 
 
 # Digit subset, train/validation split and binarization, in one tensor file. The raw files
@@ -24,17 +23,16 @@ rule download:
 rule prepare:
     input:
         raw=ancient(rules.download.output.raw),
+        settings=STUDY.study_file("data_settings"),
         code=CODE["prepare"],
     output:
-        data=results("data/mnist.pt"),
+        data=STUDY.study_file("data"),
     log:
         results("logs/prepare.log"),
     conda:
         ENV
     params:
         raw=raw_folder,
-        settings=settings("data"),
-        overrides="",
     shell:
         "python -m flowvae prepare --raw {params.raw:q} --out {output.data:q}"
-        " --settings {params.settings:q} {params.overrides} > {log:q} 2>&1"
+        " --settings-file {input.settings:q} > {log:q} 2>&1"

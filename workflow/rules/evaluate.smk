@@ -2,31 +2,31 @@
 
 
 # Test loss and its terms, IWAE bound, log p(x) by quadrature (2-D latent), posterior grids.
+# The job stops if the model was trained with settings other than its settings file's.
 rule evaluate:
     input:
         model=rules.train.output.model,
         data=rules.prepare.output.data,
+        settings=RUN["evaluate_settings"],
         code=CODE["evaluate"],
     output:
-        metrics=results("eval/{variant}/seed{seed}/metrics.json"),
-        per_image=results("eval/{variant}/seed{seed}/per_image.csv"),
-        grid=results("eval/{variant}/seed{seed}/grid.npz"),
-        check=results("eval/{variant}/seed{seed}/quadrature_check.csv"),
+        metrics=RUN["metrics"],
+        per_image=RUN["per_image"],
+        grid=RUN["grid"],
+        check=RUN["check"],
     log:
         results("logs/evaluate/{variant}/seed{seed}.log"),
     benchmark:
-        results("benchmarks/evaluate/{variant}/seed{seed}.tsv")
+        RUN["evaluate_benchmark"]
     conda:
         ENV
     threads: config["evaluate"]["threads"]
     params:
         out=parent,
-        settings=evaluate_settings,
-        overrides="",
     shell:
         "python -m flowvae evaluate --model {input.model:q} --data {input.data:q}"
         " --out {params.out:q} --threads {threads}"
-        " --settings {params.settings:q} {params.overrides} > {log:q} 2>&1"
+        " --settings-file {input.settings:q} > {log:q} 2>&1"
 
 
 # Posterior grids of the test images with the largest gap under the reference variant.
@@ -35,19 +35,20 @@ rule gap_grids:
         model=rules.train.output.model,
         data=rules.prepare.output.data,
         reference=expand(
-            rules.evaluate.output.per_image, variant=REFERENCE, allow_missing=True
+            rules.evaluate.output.per_image,
+            variant=config["reference"],
+            allow_missing=True,
         ),
+        settings=RUN["evaluate_settings"],
         code=CODE["evaluate"],
     output:
-        grid=results("eval/{variant}/seed{seed}/gap_grid.npz"),
+        grid=RUN["gap_grid"],
     log:
         results("logs/gap_grids/{variant}/seed{seed}.log"),
     conda:
         ENV
     threads: config["evaluate"]["threads"]
-    params:
-        settings=evaluate_settings,
     shell:
         "python -m flowvae gap-grids --model {input.model:q} --data {input.data:q}"
         " --reference {input.reference:q} --out {output.grid:q} --threads {threads}"
-        " --settings {params.settings:q} > {log:q} 2>&1"
+        " --settings-file {input.settings:q} > {log:q} 2>&1"

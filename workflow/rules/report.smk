@@ -1,20 +1,18 @@
 # Tables: every evaluation in one CSV, and its summary across seeds.
 
 
-# One row per variant x seed, with the train and evaluate benchmarks of each run.
+# One row per variant x seed, with the train and evaluate benchmarks of each run. The job
+# stops if an evaluation was made with settings other than its settings file's.
 rule aggregate:
     input:
-        evals=expand(rules.evaluate.output.metrics, variant=VARIANTS, seed=SEEDS),
-        benchmarks=expand(
-            results("benchmarks/{stage}/{variant}/seed{seed}.tsv"),
-            stage=["train", "evaluate"],
-            variant=VARIANTS,
-            seed=SEEDS,
-        ),
+        evals=STUDY.run_files("metrics"),
+        settings=STUDY.run_files("evaluate_settings"),
+        benchmarks=STUDY.run_files("train_benchmark")
+        + STUDY.run_files("evaluate_benchmark"),
         code=CODE["report"],
     output:
         metrics=report(
-            results("metrics.csv"),
+            STUDY.study_file("table"),
             caption="../report/metrics.rst",
             category="Tables",
         ),
@@ -24,18 +22,18 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "python -m flowvae aggregate --evals {input.evals:q}"
+        "python -m flowvae aggregate --evals {input.evals:q} --expect {input.settings:q}"
         " --benchmarks {input.benchmarks:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
-# Mean and sd per variant, paired differences with the standard VAE, and the claim.
+# Mean and sd per variant, paired differences with the reference variant, and the claim.
 rule summary:
     input:
         metrics=rules.aggregate.output.metrics,
         code=CODE["report"],
     output:
         summary=report(
-            results("summary.md"),
+            STUDY.study_file("summary"),
             caption="../report/summary.rst",
             category="Tables",
         ),
@@ -45,8 +43,7 @@ rule summary:
     conda:
         ENV
     params:
-        reference=REFERENCE,
+        reference=config["reference"],
     shell:
-        "python -m flowvae summarize --metrics {input.metrics:q} --reference {params.reference:q}"
-        " --out {output.summary:q}"
-        " > {log:q} 2>&1"
+        "python -m flowvae summarize --metrics {input.metrics:q}"
+        " --reference {params.reference:q} --out {output.summary:q} > {log:q} 2>&1"

@@ -1,62 +1,61 @@
 # Sweeps (config key `sweeps`): the study once more for each value of one config key, in
-# R/sweeps/{sweep}/{value}/ with the main study's layout. Each job is the main rule's job
-# with the value passed as --set KEY=VALUE. Nothing here is planned when `sweeps` is empty.
+# R/sweeps/{sweep}/{value}/ with the main study's layout. Each job is the main rule's job with
+# the settings file of its value (flowvae.study writes them). Nothing here is planned when
+# `sweeps` is empty.
+
+SWEEP_ROOT = STUDY.sweep_root()
 
 
 use rule prepare as prepare_sweep with:
+    input:
+        raw=ancient(rules.download.output.raw),
+        settings=STUDY.study_file("data_settings", SWEEP_ROOT),
+        code=CODE["prepare"],
     output:
-        data=sweep_results("data/mnist.pt"),
+        data=STUDY.study_file("data", SWEEP_ROOT),
     log:
-        sweep_results("logs/prepare.log"),
-    params:
-        raw=raw_folder,
-        settings=settings("data"),
-        overrides=sweep_override,
+        os.path.join(SWEEP_ROOT, "logs", "prepare.log"),
 
 
 use rule train as train_sweep with:
     input:
         data=sweep_data,
+        settings=SWEEP["train_settings"],
         code=CODE["train"],
     output:
-        model=sweep_results("runs/{variant}/seed{seed}/model.pt"),
-        history=sweep_results("runs/{variant}/seed{seed}/history.csv"),
-        summary=sweep_results("runs/{variant}/seed{seed}/train.json"),
+        model=SWEEP["model"],
+        history=SWEEP["history"],
+        summary=SWEEP["train_summary"],
     log:
-        sweep_results("logs/train/{variant}/seed{seed}.log"),
+        os.path.join(SWEEP_ROOT, "logs", "train", "{variant}", "seed{seed}.log"),
     benchmark:
-        sweep_results("benchmarks/train/{variant}/seed{seed}.tsv")
-    params:
-        out=parent,
-        settings=train_settings,
-        overrides=sweep_override,
+        SWEEP["train_benchmark"]
 
 
 use rule evaluate as evaluate_sweep with:
     input:
         model=rules.train_sweep.output.model,
         data=sweep_data,
+        settings=SWEEP["evaluate_settings"],
         code=CODE["evaluate"],
     output:
-        metrics=sweep_results("eval/{variant}/seed{seed}/metrics.json"),
-        per_image=sweep_results("eval/{variant}/seed{seed}/per_image.csv"),
-        grid=sweep_results("eval/{variant}/seed{seed}/grid.npz"),
-        check=sweep_results("eval/{variant}/seed{seed}/quadrature_check.csv"),
+        metrics=SWEEP["metrics"],
+        per_image=SWEEP["per_image"],
+        grid=SWEEP["grid"],
+        check=SWEEP["check"],
     log:
-        sweep_results("logs/evaluate/{variant}/seed{seed}.log"),
+        os.path.join(SWEEP_ROOT, "logs", "evaluate", "{variant}", "seed{seed}.log"),
     benchmark:
-        sweep_results("benchmarks/evaluate/{variant}/seed{seed}.tsv")
-    params:
-        out=parent,
-        settings=evaluate_settings,
-        overrides=sweep_override,
+        SWEEP["evaluate_benchmark"]
 
 
 # Every run of one sweep in one CSV, with the columns sweep and sweep_value.
 rule aggregate_sweep:
     input:
-        evals=sweep_evals,
-        benchmarks=sweep_benchmarks,
+        evals=sweep_files("metrics"),
+        settings=sweep_files("evaluate_settings"),
+        benchmarks=sweep_files("train_benchmark"),
+        eval_benchmarks=sweep_files("evaluate_benchmark"),
         code=CODE["report"],
     output:
         metrics=report(
@@ -73,9 +72,10 @@ rule aggregate_sweep:
     params:
         values=sweep_value_args,
     shell:
-        "python -m flowvae aggregate --evals {input.evals:q}"
-        " --benchmarks {input.benchmarks:q} --sweep {wildcards.sweep:q}"
-        " --sweep-values {params.values:q} --out {output.metrics:q} > {log:q} 2>&1"
+        "python -m flowvae aggregate --evals {input.evals:q} --expect {input.settings:q}"
+        " --benchmarks {input.benchmarks:q} {input.eval_benchmarks:q}"
+        " --sweep {wildcards.sweep:q} --sweep-values {params.values:q}"
+        " --out {output.metrics:q} > {log:q} 2>&1"
 
 
 use rule summary as summary_sweep with:
@@ -100,19 +100,25 @@ rule sweep_figure:
         code=CODE["figures"],
     output:
         png=report(
-            figure("sweep_{sweep}", "png"),
+            STUDY.figure_file("sweep_{sweep}", "png"),
             caption="../report/sweep.rst",
             category="Sweeps",
             subcategory="{sweep}",
         ),
-        pdf=figure("sweep_{sweep}", "pdf"),
+        pdf=STUDY.figure_file("sweep_{sweep}", "pdf"),
     log:
         results("logs/figures/sweep_{sweep}.log"),
     localrule: True
     conda:
         ENV
     params:
-        settings=sweep_figure_settings,
+        settings=lambda wildcards: json.dumps(
+            {
+                "variants": config["variants"],
+                "reference": config["reference"],
+                "sweeps": {wildcards.sweep: config["sweeps"][wildcards.sweep]},
+            }
+        ),
     shell:
         "python -m flowvae figure sweep --inputs {input.metrics:q}"
         " --out {output.png:q} {output.pdf:q} --settings {params.settings:q} > {log:q} 2>&1"

@@ -1,0 +1,476 @@
+"""What the study runs, from its config: variants, seeds, runs, the reference variant, sweeps,
+the settings file of every job and the package files each stage depends on.
+
+The Snakemake workflow (``workflow/rules/common.smk``) asks this module and decides nothing of
+its own, so every rule of the study is plain Python that the tests call directly.
+
+Settings files: every job reads its config sections from a JSON file under
+``<results>/settings/`` (``<results>/sweeps/<sweep>/<value>/settings/`` for a sweep), written
+here only when its content changes. Snakemake reruns a job whose settings file is newer than
+its outputs, whether or not its own records (``.snakemake/``) survived. When a job finishes it
+copies its settings file into its output folder as ``settings.json``; a finished run whose copy
+differs from the current file (a job that outlived a lost Snakemake, say) gets its settings
+file touched, so the next run rebuilds it.
+
+>>> s = Study({"variants": {"standard": {"family": "gaussian"}}, "seeds": [3, 1]})
+>>> s.variants, s.seeds, s.reference, s.figure_seed
+(['standard'], [3, 1], 'standard', 3)
+>>> s.run_file("model", variant="standard", seed=3)
+'results/runs/standard/seed3/model.pt'
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowvae import config as config_mod
+from flowvae.errors import ConfigError
+
+PACKAGE = Path(__file__).resolve().parent
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+#: Files of one run (variant x seed), relative to the results folder.
+RUN_FILES = {
+    "model": "runs/{variant}/seed{seed}/model.pt",
+    "history": "runs/{variant}/seed{seed}/history.csv",
+    "train_summary": "runs/{variant}/seed{seed}/train.json",
+    "metrics": "eval/{variant}/seed{seed}/metrics.json",
+    "per_image": "eval/{variant}/seed{seed}/per_image.csv",
+    "grid": "eval/{variant}/seed{seed}/grid.npz",
+    "check": "eval/{variant}/seed{seed}/quadrature_check.csv",
+    "gap_grid": "eval/{variant}/seed{seed}/gap_grid.npz",
+    "train_settings": "settings/train/{variant}/seed{seed}.json",
+    "evaluate_settings": "settings/evaluate/{variant}/seed{seed}.json",
+    "train_benchmark": "benchmarks/train/{variant}/seed{seed}.tsv",
+    "evaluate_benchmark": "benchmarks/evaluate/{variant}/seed{seed}.tsv",
+}
+#: Files of the whole study, relative to the results folder.
+STUDY_FILES = {
+    "data": "data/mnist.pt",
+    "data_settings": "settings/data.json",
+    "table": "metrics.csv",
+    "summary": "summary.md",
+}
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+#: Config sections each job reads, and the keys in them that never change a result (the
+#: mirror: files are checksummed; threads: passed with --threads so profiles can set them).
+STAGE_SECTIONS = {
+    "prepare": ("data",),
+    "train": ("data", "model", "train"),
+    "evaluate": ("data", "model", "train", "evaluate"),
+}
+UNTRACKED = {"data": ("mirror",), "train": ("threads",), "evaluate": ("threads",)}
+#: Package modules each stage depends on: editing one reruns the stage and what follows.
+#: Training depends on every module except those listed here; an extra rerun is cheaper than
+#: a stale result, so a new module counts as a training dependency until it is listed.
+NOT_TRAINING = {
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "errors.py",
+    "evaluate.py",
+    "quadrature.py",
+    "report.py",
+    "figures.py",
+    "study.py",
+    "lock.py",
+}
+CODE = {
+    "prepare": ("data.py", "mnist_files.py", "config.py", "io.py", "config.schema.yaml"),
+    "train": ("**/*.py", "config.schema.yaml"),
+    "evaluate": ("**/*.py", "config.schema.yaml"),
+    "report": ("report.py", "io.py"),
+    "figures": ("figures.py", "io.py"),
+}
+CODE_EXCLUDE = {
+    "prepare": set(),
+    "train": NOT_TRAINING,
+    "evaluate": NOT_TRAINING - {"evaluate.py", "quadrature.py"},
+    "report": set(),
+    "figures": set(),
+}
+
+
+def command_line_values(cfg: dict, schema: dict | None = None) -> dict:
+    """Give values from ``snakemake --config`` the types the schema asks for, in place.
+
+    Snakemake reads ``--config seeds='[0,1]'`` as ``['0', '1']`` (strings inside lists and
+    mappings); a string where the schema wants no string is parsed as YAML.
+
+    >>> command_line_values({"seeds": ["0", "1"], "train": {"lr": "3e-4", "epochs": "5"}})
+    {'seeds': [0, 1], 'train': {'lr': 0.0003, 'epochs': 5}}
+    """
+    return _typed(cfg, schema or config_mod.load_schema())
+
+
+def _wants_string(schema: dict) -> bool:
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    return not kinds or "string" in kinds
+
+
+def _typed(value: Any, schema: dict) -> Any:
+    if isinstance(value, str) and not _wants_string(schema):
+        return config_mod.parse_value(value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key in list(value):
+            sub = props.get(key, extra if isinstance(extra, dict) else {})
+            value[key] = _typed(value[key], sub)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = _typed(item, schema.get("items", {}))
+    return value
+
+
+def _write_if_changed(path: Path, obj: dict) -> bool:
+    """Write ``obj`` as JSON unless the file already holds it; True when written."""
+    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return False
+    from flowvae import io
+
+    io.write_text(path, text)
+    return True
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Sweep:
+    """One sweep: a dotted key, its values by folder name, and the runs it repeats."""
+
+    name: str
+    key: str
+    values: dict[str, Any]
+    variants: list[str]
+    seeds: list[int]
+
+    @property
+    def section(self) -> str:
+        return self.key.split(".")[0]
+
+
+class Study:
+    """The runs, targets and settings of one validated config."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = config_mod.validate(cfg)
+        self.results = self.cfg["results"]
+        self.figures = self.cfg["figures"]
+        self.all_variants = list(self.cfg["variants"])
+        self._check_names()
+        run = self.cfg["run_variants"]
+        unknown = [v for v in run or [] if v not in self.cfg["variants"]]
+        if unknown:
+            raise ConfigError(
+                f"config key 'run_variants': unknown variant(s) {', '.join(unknown)} "
+                f"(configured: {', '.join(self.all_variants)})"
+            )
+        self.variants = list(run or self.all_variants)
+        if self.cfg["reference"] not in self.cfg["variants"]:
+            raise ConfigError(
+                f"config key 'reference': {self.cfg['reference']!r} is not a configured variant"
+                f" (configured: {', '.join(self.all_variants)})"
+            )
+        self.reference = self.cfg["reference"] if self.cfg["reference"] in self.variants else None
+        self.seeds = list(self.cfg["seeds"])
+        self.figure_seed = self.seeds[0]
+        self.latent_2d = self.cfg["model"]["latent_dim"] == 2
+        self.sweeps = {name: self._sweep(name, spec) for name, spec in self.cfg["sweeps"].items()}
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_names(self) -> None:
+        for name in self.all_variants:
+            if not NAME.fullmatch(name):
+                raise ConfigError(
+                    f"config key 'variants': name {name!r} may use only letters, digits, "
+                    "'_' and '-'"
+                )
+            if name in ("true", "panel"):
+                raise ConfigError(
+                    f"config key 'variants': name {name!r} is taken by the figure posterior_{name}"
+                )
+
+    def check_folders(self) -> None:
+        """The output folders must be creatable: say so before any job rather than mid-run."""
+        for key in ("results", "figures"):
+            path = Path(self.cfg[key]).absolute()
+            existing = path
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise ConfigError(
+                    f"config key '{key}': cannot create {path}: {existing} is not a writable folder"
+                )
+
+    def describe(self) -> list[str]:
+        """Lines for the log: what this run covers, and what it leaves out and why."""
+        lines = [
+            f"flowvae: variants {', '.join(self.variants)}; seeds "
+            f"{', '.join(map(str, self.seeds))}; latent_dim {self.cfg['model']['latent_dim']}; "
+            f"results in {self.results}"
+        ]
+        left = [v for v in self.all_variants if v not in self.variants]
+        if left:
+            lines.append(f"flowvae: run_variants leaves out {', '.join(left)}")
+        if self.reference is None:
+            lines.append(
+                f"flowvae: the reference variant {self.cfg['reference']} is not run: no paired "
+                "comparisons and no gap figure"
+            )
+        if not self.latent_2d:
+            lines.append(self.not_2d_note())
+        return lines
+
+    def not_2d_note(self) -> str:
+        return (
+            f"flowvae: latent_dim {self.cfg['model']['latent_dim']} != 2: exact quadrature, "
+            "posterior contours and the gap figures are left out (they integrate over a 2-D grid)"
+        )
+
+    # ------------------------------------------------------------------ paths
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.results, *parts)
+
+    def run_file(
+        self, kind: str, variant: str = "{variant}", seed: Any = "{seed}", root: str | None = None
+    ) -> str:
+        """The file ``kind`` (a key of RUN_FILES) of one run, or its pattern with wildcards."""
+        pattern = RUN_FILES[kind].format(variant=variant, seed=seed)
+        return os.path.join(self.results if root is None else root, pattern)
+
+    def run_files(
+        self,
+        kind: str,
+        variants: list[str] | None = None,
+        seeds: list[int] | None = None,
+        root: str | None = None,
+    ) -> list[str]:
+        """The file ``kind`` of every run (variants outer, seeds inner)."""
+        return [
+            self.run_file(kind, v, s, root)
+            for v in (self.variants if variants is None else variants)
+            for s in (self.seeds if seeds is None else seeds)
+        ]
+
+    def study_file(self, kind: str, root: str | None = None) -> str:
+        return os.path.join(self.results if root is None else root, STUDY_FILES[kind])
+
+    def sweep_root(self, sweep: str = "{sweep}", value: str = "{value}") -> str:
+        return self.path("sweeps", sweep, value)
+
+    def figure_file(self, name: str, ext: str) -> str:
+        return os.path.join(self.figures, f"{name}.{ext}")
+
+    @staticmethod
+    def code(stage: str) -> list[str]:
+        """Package files of ``stage`` (CODE), relative to the working folder."""
+        found = {p for pattern in CODE[stage] for p in PACKAGE.glob(pattern)}
+        return sorted(
+            os.path.relpath(p)
+            for p in found
+            if p.relative_to(PACKAGE).as_posix() not in CODE_EXCLUDE[stage]
+        )
+
+    # ------------------------------------------------------------------ settings
+
+    def stage_settings(self, stage: str, variant: str | None = None, cfg: dict | None = None):
+        """The config sections job ``stage`` reads (without untracked keys), and its variant."""
+        cfg = self.cfg if cfg is None else cfg
+        out: dict[str, Any] = {
+            name: {k: v for k, v in cfg[name].items() if k not in UNTRACKED.get(name, ())}
+            for name in STAGE_SECTIONS[stage]
+        }
+        if variant is not None:
+            out["variants"] = {variant: cfg["variants"][variant]}
+        return out
+
+    def sync_settings(self) -> list[str]:
+        """Write every job's settings file when it changed; touch those of finished runs made
+        with other settings (so they rebuild). Returns a log line per stale run."""
+        notes: list[str] = []
+        groups = [(self.results, self.cfg, self.variants, self.seeds)]
+        for sweep in self.sweeps.values():
+            for folder, value in sweep.values.items():
+                root = self.sweep_root(sweep.name, folder)
+                groups.append((root, self.sweep_config(sweep, value), sweep.variants, sweep.seeds))
+        for root, cfg, variants, seeds in groups:
+            _write_if_changed(
+                Path(self.study_file("data_settings", root)),
+                self.stage_settings("prepare", cfg=cfg),
+            )
+            for v in variants:
+                for s in seeds:
+                    for stage, done in (("train", "model"), ("evaluate", "metrics")):
+                        settings = self.stage_settings(stage, v, cfg)
+                        path = Path(self.run_file(f"{stage}_settings", v, s, root))
+                        _write_if_changed(path, settings)
+                        output = Path(self.run_file(done, v, s, root))
+                        note = self._stale(output, settings)
+                        if note:
+                            os.utime(path)
+                            notes.append(f"flowvae: {output.parent} {note}; it will be rebuilt")
+        return notes
+
+    @staticmethod
+    def _stale(output: Path, settings: dict) -> str | None:
+        """Why the finished output was made with other settings, or None."""
+        if not output.exists():
+            return None
+        made = _read_json(output.parent / "settings.json")
+        if made is None:
+            return "has no record of its settings"
+        if made != json.loads(json.dumps(settings)):
+            from flowvae.train import settings_difference
+
+            return (
+                f"was made with other settings ({', '.join(settings_difference(made, settings))})"
+            )
+        return None
+
+    # ------------------------------------------------------------------ sweeps
+
+    def _sweep(self, name: str, spec: dict) -> Sweep:
+        """Check one sweep; ConfigError names the bad key."""
+        where = f"sweeps.{name}"
+        if not NAME.fullmatch(name):
+            raise ConfigError(
+                f"config key '{where}': a sweep name may use only letters, digits, '_' and '-'"
+            )
+        keys = spec["key"].split(".")
+        sections = ("data", "model", "train", "evaluate", "variants")
+        if keys[0] not in sections or len(keys) < 2:
+            raise ConfigError(
+                f"config key '{where}.key': {spec['key']!r} is not a dotted key in one of "
+                f"{', '.join(sections)}"
+            )
+        variants = spec.get("variants", self.variants)
+        if keys[0] == "variants":
+            if len(keys) < 3 or keys[1] not in self.cfg["variants"]:
+                raise ConfigError(
+                    f"config key '{where}.key': {spec['key']!r} names no configured variant"
+                )
+            variants = spec.get("variants", [keys[1]])
+            if variants != [keys[1]]:
+                raise ConfigError(
+                    f"config key '{where}.variants': a sweep of {spec['key']} runs only {keys[1]}"
+                )
+        unknown = [v for v in variants if v not in self.cfg["variants"]]
+        if unknown:
+            raise ConfigError(
+                f"config key '{where}.variants': unknown variant(s) {', '.join(unknown)}"
+            )
+        sweep = Sweep(name, spec["key"], {}, list(variants), list(spec.get("seeds", self.seeds)))
+        for value in spec["values"]:
+            try:
+                self.sweep_config(sweep, value)
+            except ConfigError as exc:
+                text = str(exc).lower()  # an unknown key is the key's fault, else the value's
+                field = "key" if "additional properties" in text or "section" in text else "values"
+                raise ConfigError(
+                    f"config key '{where}.{field}': {spec['key']} = {value!r} is not valid: {exc}"
+                ) from None
+            folder = value_folder(value)
+            if folder in sweep.values:
+                raise ConfigError(
+                    f"config key '{where}.values': {sweep.values[folder]!r} and {value!r} would "
+                    f"share the folder {folder!r}"
+                )
+            sweep.values[folder] = value
+        return sweep
+
+    def sweep_config(self, sweep: Sweep, value: Any) -> dict:
+        """The study's config with the sweep's key set to ``value``, validated."""
+        trial = copy.deepcopy(self.cfg)
+        config_mod.set_dotted(trial, sweep.key.split("."), copy.deepcopy(value))
+        return config_mod.validate(trial)
+
+    # ------------------------------------------------------------------ targets
+
+    def figure_jobs(self) -> list[dict]:
+        """Every figure of the study: name, registry entry, inputs (figures.REGISTRY)."""
+        from flowvae.figures import REGISTRY
+
+        jobs = []
+        for fig in REGISTRY.values():
+            if not fig.inputs:  # the sweep figure: a rule of its own per sweep (sweeps.smk)
+                continue
+            if fig.latent_2d and not self.latent_2d:
+                continue
+            if fig.needs_reference and self.reference is None:
+                continue
+            names = [f"{fig.name}_{v}" for v in self.variants] if fig.per_variant else [fig.name]
+            for i, name in enumerate(names):
+                variants = [self.variants[i]] if fig.per_variant else self.variants
+                jobs.append(
+                    {"name": name, "figure": fig, "inputs": self.figure_inputs(fig, variants)}
+                )
+        return jobs
+
+    def figure_inputs(self, fig, variants: list[str]) -> list[str]:
+        paths: list[str] = []
+        for kind, seeds in fig.inputs:
+            if kind in STUDY_FILES:
+                paths.append(self.study_file(kind))
+            else:
+                chosen = [self.figure_seed] if seeds == "figure_seed" else self.seeds
+                paths += self.run_files(kind, variants, chosen)
+        return paths
+
+    def targets(self) -> list[str]:
+        """What `snakemake` builds: every run's evaluation (so a copy without models rebuilds
+        them), the tables, every figure (PNG and PDF) and the sweeps' tables."""
+        out = self.run_files("metrics") + [self.study_file("table"), self.study_file("summary")]
+        out += [
+            self.figure_file(j["name"], ext) for j in self.figure_jobs() for ext in ("png", "pdf")
+        ]
+        for name in self.sweeps:
+            out += [
+                self.path("sweeps", name, "metrics.csv"),
+                self.path("sweeps", name, "summary.md"),
+            ]
+            out += [self.figure_file(f"sweep_{name}", ext) for ext in ("png", "pdf")]
+        return out
+
+
+def value_folder(value: Any) -> str:
+    """A folder name for a sweep value.
+
+    >>> value_folder(0.001), value_folder([256, 256]), value_folder({"a": 1})
+    ('0.001', '256-256', 'a=1')
+    """
+    if isinstance(value, list | tuple):
+        text = "-".join(value_folder(v) for v in value)
+    elif isinstance(value, dict):
+        text = "-".join(f"{k}={value_folder(v)}" for k, v in sorted(value.items()))
+    else:
+        text = json.dumps(value).strip('"')
+    return re.sub(r"[^-+=.\w]", "_", text, flags=re.ASCII) or "_"
+
+
+def from_snakemake(config: dict) -> Study:
+    """The Study of Snakemake's config dict (typed in place first); ConfigError names the key."""
+    command_line_values(config)
+    study = Study(config)
+    study.check_folders()
+    return study
