@@ -10,11 +10,14 @@ failures. A SLURM that is installed but does not come up is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +27,13 @@ from pipeline import (
     QUICK,
     REPO_ROOT,
     differences,
+    environment,
     failure,
+    isolated_workdir,
     metric_table,
     output,
     snakemake,
+    snakemake_command,
 )
 
 pytestmark = pytest.mark.slurm
@@ -157,3 +163,58 @@ def test_slurm_metrics_equal_a_local_run(slurm_run, quick_metrics):
     remote = metric_table(tmp / "results" / "metrics.csv")
     assert len(local) == len(QUICK_RUNS)
     assert differences(local, remote) == {}
+
+
+def _settings_of_every_run(tmp: Path) -> dict[tuple[str, int], float]:
+    """train.lr recorded by every finished quick run (its settings.json)."""
+    found = {}
+    for record in (tmp / "results" / "runs").glob("*/seed*/settings.json"):
+        variant, seed = record.parent.parent.name, int(record.parent.name[4:])
+        found[(variant, seed)] = json.loads(record.read_text())["train"]["lr"]
+    return found
+
+
+def test_a_lost_snakemake_never_leaves_stale_or_doubled_training(slurm, tmp_path):
+    """Kill the main Snakemake while its SLURM jobs train, rerun at once with another train.lr:
+    the jobs that outlived it are never trained twice at once (the run lock), and in the end
+    every run is trained under the new setting."""
+    wd = isolated_workdir(tmp_path)
+    old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
+    old.write_text("train: {epochs: 60, lr: 0.001}\n")
+    new.write_text("train: {epochs: 60, lr: 0.002}\n")
+    profile = ["--workflow-profile", "profiles/slurm-local-test", "--slurm-logdir", tmp_path / "sl"]
+    target = tmp_path / "results" / "metrics.csv"
+    first = subprocess.Popen(
+        snakemake_command(target, *profile, tmp=tmp_path, configfiles=[QUICK, old]),
+        cwd=wd, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not list((tmp_path / "results" / "runs").glob("*/seed*/.lock")):
+        assert first.poll() is None and time.time() < deadline, "no training started"
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)  # the login node goes away; its SLURM jobs do not
+    first.wait()
+
+    def rerun() -> subprocess.CompletedProcess:
+        snakemake("--unlock", tmp=tmp_path, configfiles=[QUICK, new], cwd=wd)
+        return snakemake(target, *profile, tmp=tmp_path, configfiles=[QUICK, new], cwd=wd)
+
+    proc = rerun()  # at once, while the orphaned jobs still train
+    logs = "\n".join(p.read_text() for p in (tmp_path / "results" / "logs").rglob("*.log"))
+    doubled = "is in use by host" in logs
+    deadline = time.time() + 600
+    while subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, "SLURM jobs still running after 10 minutes"
+        time.sleep(1)
+    if proc.returncode != 0:  # a run refused by the lock: its rerun after the orphans ended
+        proc = rerun()
+    assert proc.returncode == 0, failure(proc, tmp_path)
+    lrs = _settings_of_every_run(tmp_path)
+    assert set(lrs) == QUICK_RUNS and set(lrs.values()) == {0.002}, lrs
+    for variant, seed in QUICK_RUNS:
+        history = tmp_path / "results" / "runs" / variant / f"seed{seed}" / "history.csv"
+        assert f",{0.002}," in history.read_text().splitlines()[1], (variant, seed)
+    table = (tmp_path / "results" / "metrics.csv").read_text().splitlines()
+    assert len(table) == 1 + len(QUICK_RUNS)
+    print(f"an orphaned trainer was refused by the run lock: {doubled}")

@@ -11,8 +11,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -59,15 +61,19 @@ def output(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-def folders(tmp: Path) -> list[str]:
-    """--config values that put every output under ``tmp`` (must come last: nargs)."""
-    return ["--config", f"results={tmp / 'results'}", f"figures={tmp / 'figures'}"]
+def folders(tmp: Path, *config: str) -> list[str]:
+    """--config values that put every output under ``tmp``, then ``config`` (KEY=VALUE; one
+    --config option holds them all: a second would replace the first)."""
+    return ["--config", f"results={tmp / 'results'}", f"figures={tmp / 'figures'}", *config]
 
 
-def snakemake(*args: str | Path, tmp: Path, configfiles=(), **kw) -> subprocess.CompletedProcess:
-    """snakemake ARGS [--configfile FILES] --config results=TMP/results figures=TMP/figures."""
+def snakemake(
+    *args: str | Path, tmp: Path, configfiles=(), config=(), **kw
+) -> subprocess.CompletedProcess:
+    """snakemake ARGS [--configfile FILES] --config results=TMP/results figures=TMP/figures
+    [CONFIG...]."""
     extra = ["--configfile", *configfiles] if configfiles else []
-    return run("snakemake", *args, *extra, *folders(tmp), **kw)
+    return run("snakemake", *args, *extra, *folders(tmp, *config), **kw)
 
 
 def job_counts(text: str) -> dict[str, int]:
@@ -83,9 +89,11 @@ def job_counts(text: str) -> dict[str, int]:
     return counts
 
 
-def dry_run(*targets: str | Path, tmp: Path, configfiles=()) -> dict[str, int]:
+def dry_run(*targets: str | Path, tmp: Path, configfiles=(), config=()) -> dict[str, int]:
     """The jobs a dry run plans, by rule ({} when there is nothing to do)."""
-    proc = snakemake(*targets, "-n", "--quiet", "host", "rules", tmp=tmp, configfiles=configfiles)
+    proc = snakemake(
+        *targets, "-n", "--quiet", "host", "rules", tmp=tmp, configfiles=configfiles, config=config
+    )
     text = output(proc)
     assert proc.returncode == 0, text
     if "Nothing to be done" in text:
@@ -127,6 +135,82 @@ def test_study_plans_every_variant_and_seed(tmp_path):
 def test_quick_config_plans_every_variant_and_seed(tmp_path):
     jobs = dry_run(tmp=tmp_path, configfiles=["config/quick.yaml"])
     assert jobs["train"] == len(QUICK["variants"]) * len(QUICK["seeds"]) == 6
+
+
+# The command-line forms the README shows (Snakemake reads --config values as strings; the
+# workflow types them as the schema says, nested sections included).
+def test_config_overrides_on_the_command_line_are_typed(tmp_path):
+    quick = ["config/quick.yaml"]
+    jobs = dry_run(tmp=tmp_path, configfiles=quick, config=["seeds=[0, 1, 2]"])
+    assert jobs["train"] == 9
+    jobs = dry_run(tmp=tmp_path, configfiles=quick, config=["train={epochs: 3, lr: 3e-4}"])
+    settings = json.loads(
+        (tmp_path / "results" / "settings" / "train" / "iaf" / "seed0.json").read_text()
+    )
+    assert settings["train"]["epochs"] == 3 and settings["train"]["lr"] == 3e-4
+    assert settings["train"]["batch_size"] == 128, "a nested override keeps the other keys"
+
+
+def test_run_variants_runs_a_subset_and_logs_it(tmp_path):
+    proc = snakemake(
+        "-n", tmp=tmp_path, configfiles=["config/quick.yaml"], config=["run_variants=[iaf]"]
+    )
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert job_counts(text)["train"] == len(QUICK["seeds"])
+    assert "flowvae: variants iaf; seeds 0, 1" in text
+    assert "reference variant standard is not run" in text
+    assert "figure_gap_contours" not in text
+
+
+def test_the_workflow_runs_from_another_folder(tmp_path):
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(work),
+         "-n", "--configfile", str(REPO_ROOT / "config" / "quick.yaml")],
+        cwd=tmp_path, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert job_counts(text)["train"] == 6
+    assert (work / "results" / "quick" / "settings" / "data.json").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epoch: 3}\n")
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(work),
+         "-n", "--configfile", str(bad)],
+        cwd=tmp_path, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "'epoch' was unexpected" in output(proc)
+
+
+def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
+    """A release archive: every file has one modification time and no model exists."""
+    copy = tmp_path / "copy"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    stamp = 1_700_000_000
+    for name in files:
+        if not (REPO_ROOT / name).is_file():
+            continue
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / name, target)
+        os.utime(target, (stamp, stamp))
+    assert (copy / "results" / "metrics.csv").exists(), "the committed table is in the copy"
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "--quiet", "rules"],
+        cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert "Nothing to be done" not in text
+    jobs = job_counts(text)
+    assert jobs["train"] == jobs["evaluate"] == len(STUDY["variants"]) * len(STUDY["seeds"])
+    assert jobs["aggregate"] == jobs["figure_test_loss"] == 1
 
 
 def test_sweep_runs_each_value_with_its_settings_file(tmp_path):
@@ -347,6 +431,39 @@ def test_quick_evaluate_settings_do_not_retrain(quick):
     assert "train" not in jobs and "prepare" not in jobs and "download" not in jobs
 
 
+def test_quick_mirror_setting_that_names_the_same_files_reruns_nothing(quick):
+    mirror = pipeline.environment()["FLOWVAE_MNIST_MIRROR"]
+    jobs = dry_run(
+        tmp=quick, configfiles=["config/quick.yaml"], config=[f"data={{mirror: {mirror}}}"]
+    )
+    assert jobs == {}
+
+
+def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick):
+    """As after a lost Snakemake: its records of the finished jobs are gone."""
+    models = sorted((quick / "results" / "runs").rglob("model.pt"))
+    evals = sorted((quick / "results" / "eval").rglob("*.*"))
+    proc = run("snakemake", "--cleanup-metadata", *models, *evals, *folders(quick))
+    assert proc.returncode == 0, output(proc)
+    configs = ["config/quick.yaml"]
+    assert dry_run(tmp=quick, configfiles=configs) == {}, "no record is no reason to rerun"
+    changed = dry_run(tmp=quick, configfiles=configs, config=["train={lr: 0.002}"])
+    assert changed["train"] == len(QUICK["variants"]) * len(QUICK["seeds"])
+    # A job that outlived its Snakemake finishes after the change, with the old settings:
+    # its outputs are newer than the new settings file, and still it is rebuilt.
+    run_dir = quick / "results" / "runs" / "iaf" / "seed0"
+    later = time.time() + 5
+    for path in run_dir.iterdir():
+        os.utime(path, (later, later))
+    proc = snakemake("-n", tmp=quick, configfiles=configs, config=["train={lr: 0.002}"])
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert "runs/iaf/seed0 was made with other settings (train.lr); it will be rebuilt" in text
+    assert job_counts(text)["train"] == len(QUICK["variants"]) * len(QUICK["seeds"])
+    # back to the settings the runs were made with: nothing to do, records or not
+    assert dry_run(tmp=quick, configfiles=configs) == {}
+
+
 def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
     extra = write_config(
         quick, "sweeps: {lr: {key: train.lr, values: [3.0e-4], variants: [standard], seeds: [0]}}"
@@ -384,6 +501,33 @@ def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
     assert re.search(r"figure_test_loss\s+1", output(proc))
     assert figure.exists()
     assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
+
+
+def test_other_latent_sizes_run_end_to_end(tmp_path):
+    """latent_dim 3 on the quick config: training, test loss, IWAE, curves, pictures, the
+    statistics and the report; the 2-D-only steps are left out, saying why."""
+    configs = ["config/quick.yaml"]
+    proc = snakemake(
+        "--cores", "2", tmp=tmp_path, configfiles=configs, config=["model={latent_dim: 3}"],
+        timeout=900,
+    )  # fmt: skip
+    text = output(proc)
+    assert proc.returncode == 0, text[-6000:]
+    assert "latent_dim 3 != 2: exact quadrature, posterior contours and the gap figures" in text
+    metrics = pd.read_csv(tmp_path / "results" / "metrics.csv")
+    assert len(metrics) == len(QUICK["variants"]) * len(QUICK["seeds"])
+    assert metrics["test_iwae_nll"].notna().all() and metrics["exact_nll"].isna().all()
+    for name in figure_names(list(QUICK["variants"]), latent_2d=False):
+        assert (tmp_path / "figures" / f"{name}.png").exists(), name
+    assert not list((tmp_path / "figures").glob("gap_*")), "no 2-D-only figure"
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "latent_dim 3" in summary and "iaf vs standard" in summary
+    html = tmp_path / "report.html"
+    proc = snakemake(
+        "--report", html, tmp=tmp_path, configfiles=configs, config=["model={latent_dim: 3}"]
+    )
+    assert proc.returncode == 0, output(proc)
+    assert html.stat().st_size > 10_000
 
 
 # ----------------------------------------------------------------------------- tooling

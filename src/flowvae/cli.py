@@ -54,7 +54,8 @@ def _cfg(args: argparse.Namespace) -> dict:
 
 
 def _record_settings(args: argparse.Namespace, folder: Path) -> None:
-    """Copy the settings file into the finished output folder (the run's provenance)."""
+    """Copy the settings file into the finished job's folder as settings.json, its record of
+    what it was made with (flowvae.study compares it with the current settings)."""
     if args.settings_file:
         io.write_text(folder / "settings.json", Path(args.settings_file).read_text())
 
@@ -79,6 +80,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     cfg = _cfg(args)
     data.prepare(Path(args.raw), Path(args.out), cfg["data"])
+    _record_settings(args, Path(args.out).parent)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

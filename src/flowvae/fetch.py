@@ -137,6 +137,19 @@ def _from_urls(name: str, out_path: Path, bases: Sequence[str], expected: str) -
     )
 
 
+def effective_mirror(mirror: str | Path | None) -> str:
+    """The mirror a download uses: ``mirror``, else $FLOWVAE_MNIST_MIRROR, else '' (the public
+    mirrors); a folder as an absolute path, so that two spellings of one folder are equal.
+
+    >>> effective_mirror("https://example.org/mnist/")
+    'https://example.org/mnist/'
+    """
+    text = str(mirror or os.environ.get(MIRROR_ENV) or "")
+    if not text or text.startswith(("http://", "https://")):
+        return text
+    return str(Path(text).expanduser().absolute())
+
+
 def _resolve_mirror(mirror: str | Path | None) -> tuple[Path | None, list[str]]:
     """Return (local mirror folder, URL bases); exactly one of them is used."""
     origin = "argument"

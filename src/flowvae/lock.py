@@ -2,8 +2,8 @@
 
 The lock is ``flock`` on ``<folder>/.lock`` (on NFS, Linux maps it to a POSIX lock held by the
 server's lock manager): the kernel releases it when the holding process ends, however it
-ends, so a lock left by a killed job never blocks a later one. The file holds who took it (host, process id, SLURM job
-id, start time), for the message that a second trainer stops with.
+ends, so a lock left by a killed job never blocks a later one. The file holds who took it
+(host, process id, SLURM job id, start time), for the message a second trainer stops with.
 """
 
 from __future__ import annotations

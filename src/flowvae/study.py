@@ -153,6 +153,32 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _sync(path: Path, settings: dict, done: Path) -> str | None:
+    """Bring the settings file ``path`` of the job whose output is ``done`` up to date.
+
+    A finished job records its settings as ``settings.json`` beside ``done``. When they differ
+    from ``settings`` the file is touched (newer than the outputs: Snakemake reruns the job)
+    and the reason returned; when they match, a rewritten file is dated back to the outputs,
+    so that changing a setting and changing it back reruns nothing.
+    """
+    changed = _write_if_changed(path, settings)
+    if not done.exists():
+        return None
+    record = done.parent / "settings.json"
+    made = _read_json(record)
+    if made != json.loads(json.dumps(settings)):
+        os.utime(path)
+        if made is None:
+            return "has no record of its settings"
+        from flowvae.train import settings_difference
+
+        return f"was made with other settings ({', '.join(settings_difference(made, settings))})"
+    if changed:
+        oldest = min(done.stat().st_mtime, record.stat().st_mtime) - 1
+        os.utime(path, (oldest, oldest))
+    return None
+
+
 @dataclass
 class Sweep:
     """One sweep: a dotted key, its values by folder name, and the runs it repeats."""
@@ -306,8 +332,8 @@ class Study:
         return out
 
     def sync_settings(self) -> list[str]:
-        """Write every job's settings file when it changed; touch those of finished runs made
-        with other settings (so they rebuild). Returns a log line per stale run."""
+        """Write every job's settings file when it changed, and touch those of finished jobs made
+        with other settings, so they rebuild. Returns a log line per stale job."""
         notes: list[str] = []
         groups = [(self.results, self.cfg, self.variants, self.seeds)]
         for sweep in self.sweeps.values():
@@ -315,38 +341,28 @@ class Study:
                 root = self.sweep_root(sweep.name, folder)
                 groups.append((root, self.sweep_config(sweep, value), sweep.variants, sweep.seeds))
         for root, cfg, variants, seeds in groups:
-            _write_if_changed(
-                Path(self.study_file("data_settings", root)),
-                self.stage_settings("prepare", cfg=cfg),
-            )
+            jobs = [
+                (
+                    Path(self.study_file("data_settings", root)),
+                    self.stage_settings("prepare", cfg=cfg),
+                    Path(self.study_file("data", root)),
+                )
+            ]
             for v in variants:
                 for s in seeds:
                     for stage, done in (("train", "model"), ("evaluate", "metrics")):
-                        settings = self.stage_settings(stage, v, cfg)
-                        path = Path(self.run_file(f"{stage}_settings", v, s, root))
-                        _write_if_changed(path, settings)
-                        output = Path(self.run_file(done, v, s, root))
-                        note = self._stale(output, settings)
-                        if note:
-                            os.utime(path)
-                            notes.append(f"flowvae: {output.parent} {note}; it will be rebuilt")
+                        jobs.append(
+                            (
+                                Path(self.run_file(f"{stage}_settings", v, s, root)),
+                                self.stage_settings(stage, v, cfg),
+                                Path(self.run_file(done, v, s, root)),
+                            )
+                        )
+            for path, settings, done in jobs:
+                note = _sync(path, settings, done)
+                if note:
+                    notes.append(f"flowvae: {done.parent} {note}; it will be rebuilt")
         return notes
-
-    @staticmethod
-    def _stale(output: Path, settings: dict) -> str | None:
-        """Why the finished output was made with other settings, or None."""
-        if not output.exists():
-            return None
-        made = _read_json(output.parent / "settings.json")
-        if made is None:
-            return "has no record of its settings"
-        if made != json.loads(json.dumps(settings)):
-            from flowvae.train import settings_difference
-
-            return (
-                f"was made with other settings ({', '.join(settings_difference(made, settings))})"
-            )
-        return None
 
     # ------------------------------------------------------------------ sweeps
 

@@ -4,23 +4,23 @@
 import json
 import os
 import re
+import shlex
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
+from flowvae import fetch as flowvae_fetch
 from flowvae.errors import ConfigError
 
 try:
     STUDY = flowvae_study.from_snakemake(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
-for _line in STUDY.describe() + STUDY.sync_settings():
-    logger.info(_line)
-
-# The mirror folder reaches the download job through the environment, so a value that does
-# not change the files (they are checksummed) never reruns anything.
-if config["data"]["mirror"] is not None:
-    os.environ["FLOWVAE_MNIST_MIRROR"] = os.path.abspath(str(config["data"]["mirror"]))
+# Only the main process writes the settings files: a cluster job parses this file again,
+# perhaps with the config of a Snakemake that is gone, and must not write them back.
+if workflow.is_main_process:
+    for _line in STUDY.describe() + STUDY.sync_settings():
+        logger.info(_line)
 
 R = STUDY.results
 RUN = {kind: STUDY.run_file(kind) for kind in flowvae_study.RUN_FILES}
@@ -48,6 +48,15 @@ def raw_folder(wildcards, input):
     return os.path.dirname(input.raw[0])
 
 
+def mirror_option(wildcards):
+    """--mirror with the mirror in effect (data.mirror, else $FLOWVAE_MNIST_MIRROR): naming the
+    folder the variable names changes nothing. Another mirror reruns only the download, which
+    checks the files against their checksums; the steps after it read them as `ancient`.
+    """
+    mirror = flowvae_fetch.effective_mirror(config["data"]["mirror"])
+    return f"--mirror {shlex.quote(mirror)}" if mirror else ""
+
+
 def sweep_of(wildcards):
     if wildcards.sweep not in STUDY.sweeps:
         raise WorkflowError(f"no sweep named {wildcards.sweep!r} in the config")
@@ -57,7 +66,9 @@ def sweep_of(wildcards):
 def sweep_data(wildcards):
     """The prepared data of a sweep value: its own for a data.* sweep, else the main one."""
     if sweep_of(wildcards).section == "data":
-        return STUDY.study_file("data", STUDY.sweep_root(wildcards.sweep, wildcards.value))
+        return STUDY.study_file(
+            "data", STUDY.sweep_root(wildcards.sweep, wildcards.value)
+        )
     return STUDY.study_file("data")
 
 

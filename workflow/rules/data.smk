@@ -2,7 +2,7 @@
 
 
 # The four raw files, checksum-verified by the package. On a cluster this runs on the
-# login node, where the network (or the mirror folder, FLOWVAE_MNIST_MIRROR) is reachable.
+# login node, where the network (or the mirror folder) is reachable.
 rule download:
     output:
         raw=expand(results("data/raw/{name}"), name=flowvae_study.MNIST_FILES),
@@ -13,8 +13,9 @@ rule download:
         ENV
     params:
         out=parent,
+        mirror=mirror_option,
     shell:
-        "python -m flowvae download --out {params.out:q} > {log:q} 2>&1"
+        "python -m flowvae download --out {params.out:q} {params.mirror} > {log:q} 2>&1"
 
 
 # Digit subset, train/validation split and binarization, in one tensor file. The raw files
