@@ -4,8 +4,9 @@ For every variant of the config this measures:
 
 1. one training epoch (images/s and seconds): the trainer's own ``flowvae.train.train_epoch``
    (shuffled batches, ``elbo_terms`` with ``train.samples``, backward, ``clip_grad_norm_``,
-   Adam step) on random binary images held in memory; the median of ``--repeats`` epochs after a shorter warm-up
-   epoch. The trainer's per-epoch dynamic binarization and validation pass are left out;
+   Adam step) on random binary images held in memory; the median of ``--repeats`` epochs
+   after a shorter warm-up epoch. The trainer's per-epoch dynamic binarization and
+   validation pass are left out;
 2. the ratio of that epoch time to the standard (Gaussian) variant's;
 3. a FLOP floor: the matmul FLOPs of one training step (forward + backward, as counted by
    ``torch.utils.flop_counter.FlopCounterMode``), scaled to an epoch, divided by a measured
