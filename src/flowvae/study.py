@@ -33,6 +33,7 @@ from flowvae import config as config_mod
 from flowvae.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parent
+DATED_BACK = 946_684_800  # 2000-01-01: a settings file that matches its finished job
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 #: Files of one run (variant x seed), relative to the results folder.
@@ -158,8 +159,9 @@ def _sync(path: Path, settings: dict, done: Path) -> str | None:
 
     A finished job records its settings as ``settings.json`` beside ``done``. When they differ
     from ``settings`` the file is touched (newer than the outputs: Snakemake reruns the job)
-    and the reason returned; when they match, a rewritten file is dated back to the outputs,
-    so that changing a setting and changing it back reruns nothing.
+    and the reason returned; when they match, a rewritten file is dated back (DATED_BACK:
+    older than any output, logs and benchmarks included), so that changing a setting and
+    changing it back reruns nothing.
     """
     changed = _write_if_changed(path, settings)
     if not done.exists():
@@ -174,8 +176,7 @@ def _sync(path: Path, settings: dict, done: Path) -> str | None:
 
         return f"was made with other settings ({', '.join(settings_difference(made, settings))})"
     if changed:
-        oldest = min(done.stat().st_mtime, record.stat().st_mtime) - 1
-        os.utime(path, (oldest, oldest))
+        os.utime(path, (DATED_BACK, DATED_BACK))
     return None
 
 
