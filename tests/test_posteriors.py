@@ -39,7 +39,7 @@ def make(family: str, d: int, seed: int = 0):
         for step in q.steps:
             torch.nn.init.normal_(step.made.out.weight, std=0.5)
             torch.nn.init.normal_(step.made.out.bias, std=0.5)
-    if family == "cotflow":  # w starts at 0: give N a weight and every parameter a push
+    if family == "cotflow":  # give every parameter a push away from its initial value
         for p in q.parameters():
             p.data += 0.5 * torch.randn_like(p)
     return q
@@ -236,9 +236,11 @@ def test_cotflow_penalty_for_a_constant_velocity_field():
     assert torch.allclose(penalty, torch.full((5,), 0.7 * speed + 0.2 * abs(speed - b)))
 
 
-def test_cotflow_starts_close_to_the_identity():
+def test_cotflow_starts_as_documented():
+    """w = 1, c = 0, A = 0.1 x Xavier: a smooth non-identity map, no contraction to a point."""
     torch.manual_seed(0)
     q = cotflow.COTFlowPosterior(2, context_dim=8).double()
+    assert torch.equal(q.w, torch.ones_like(q.w)) and torch.equal(q.c, torch.zeros_like(q.c))
     z0, h = torch.randn(50, 2), torch.randn(50, 8)
     z, logdet = q.transform(z0, h)
-    assert (z - z0).abs().max() < 0.2 and logdet.abs().max() < 0.1
+    assert (z - z0).abs().mean() > 0.05 and logdet.abs().max() < 2.0

@@ -31,10 +31,12 @@ what makes a few RK4 steps accurate. Larger weights pull the map towards the ide
 
 Differences from the reference (github EmoryMLIP/COT-Flow, src/Phi.py, src/OTFlowProblem.py), on
 purpose: the ODE runs from the Gaussian to z (the reference maps data to the Gaussian), with no
-1/alpha_0 scaling of the velocity; w starts at 0 and A at 0.1 x its Xavier draw (the reference: w
-= 1, A Xavier), so the flow starts close to the identity; no clamping of the parameters; the
-condition is a learned projection of the encoder context h; the constant of Phi is dropped (it
-moves nothing).
+1/alpha_0 scaling of the velocity; A starts at 0.1 x its Xavier draw (w = 1 and c = 0 as in the
+reference), so the flow does not start at the identity but at the smooth map of a random N; no
+clamping of the parameters; the condition is a learned projection of the encoder context h; the
+constant of Phi is dropped (it moves nothing). A start at the identity (w = 0) was tried: after
+200 training steps its flow had hardly moved (|z - z0| 0.15, log-det spread 0.008) and its -ELBO
+was 3 nats worse than with w = 1 (151.1 against 148.0).
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class COTFlowPosterior(PosteriorFamily):
         self.proj = nn.Linear(context_dim, projection)
         self.opening = nn.Linear(n_s, width)
         self.residual = nn.ModuleList(nn.Linear(width, width) for _ in range(layers - 1))
-        self.w = nn.Parameter(torch.zeros(width))
+        self.w = nn.Parameter(torch.ones(width))
         self.A = nn.Parameter(0.1 * nn.init.xavier_uniform_(torch.empty(min(rank, n_s), n_s)))
         self.c = nn.Parameter(torch.zeros(n_s))
 
