@@ -1,12 +1,17 @@
-"""Properties of the posterior families: log-dets, structure, convexity, inverses, normalization."""
+"""Properties particular to one family (structure, convexity, closed forms, warnings, settings).
+
+The properties every family shares are in test_families.py.
+"""
 
 import math
+import warnings
 
 import pytest
 import torch
 
 from flowvae import posteriors
-from flowvae.posteriors import iaf, pcpmap
+from flowvae.errors import ConfigError
+from flowvae.posteriors import cotflow, iaf, pcpmap
 from flowvae.posteriors.base import gaussian_log_prob
 
 CTX = 6
@@ -27,44 +32,17 @@ def make(family: str, d: int, seed: int = 0):
         "gaussian": {},
         "iaf": {"context_dim": CTX, "steps": 3, "hidden": 16, "forget_bias": 1.0},
         "pcpmap": {"context_dim": CTX, "width": 16, "context_width": 8, "newton_tol": 1e-10},
+        "cotflow": {"context_dim": CTX, "width": 16, "layers": 3, "projection": 4},
     }[family]
     q = posteriors.build(family, d, **settings).double()
     if family == "iaf":  # move away from the zero-initialized output layers
         for step in q.steps:
             torch.nn.init.normal_(step.made.out.weight, std=0.5)
             torch.nn.init.normal_(step.made.out.bias, std=0.5)
+    if family == "cotflow":  # give every parameter a push away from its initial value
+        for p in q.parameters():
+            p.data += 0.5 * torch.randn_like(p)
     return q
-
-
-def brute_force_logdet(q, z0, h):
-    """log |det J| of the whole map, J from autograd one sample at a time."""
-    out = []
-    for i in range(z0.shape[0]):
-
-        def f(z, i=i):
-            return q.transform(z[None], h[i : i + 1])[0][0]
-
-        jac = torch.autograd.functional.jacobian(f, z0[i])
-        out.append(torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
-
-
-@pytest.mark.parametrize("family", ["iaf", "pcpmap"])
-@pytest.mark.parametrize("d", [2, 5])
-def test_logdet_matches_autograd_jacobian(family, d):
-    q = make(family, d)
-    z0, h = torch.randn(7, d), torch.randn(7, CTX)
-    _, logdet = q.transform(z0, h)
-    assert torch.allclose(logdet, brute_force_logdet(q, z0, h), atol=1e-4)
-
-
-@pytest.mark.parametrize("family", ["iaf", "pcpmap"])
-@pytest.mark.parametrize("d", [1, 2, 5])
-def test_inverse_of_forward_is_identity(family, d):
-    q = make(family, d)
-    z0, h = 1.5 * torch.randn(50, d), torch.randn(50, CTX)
-    z, _ = q.transform(z0, h)
-    assert torch.allclose(q.inverse(z, h), z0, atol=1e-4)
 
 
 @pytest.mark.parametrize("d", [2, 5])
@@ -133,30 +111,6 @@ def test_pcpmap_logdet_closed_form_equals_cholesky():
     assert torch.allclose(pcpmap.log_det_spd(spd), torch.logdet(spd))
 
 
-@pytest.mark.parametrize("family", ["gaussian", "iaf", "pcpmap"])
-def test_density_integrates_to_one_on_a_grid(family):
-    q = make(family, 2, seed=3)
-    mu, log_sigma = torch.tensor([[0.3, -0.2]]), torch.tensor([[-0.5, -0.2]])
-    h = torch.randn(1, CTX) if q.context_dim else None
-    n, extent = 300, 6.0
-    axis = torch.linspace(-extent, extent, n)
-    zz = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 1, 2)
-    with torch.no_grad():
-        log_q = q.log_prob(zz, mu, log_sigma, h)
-    mass = torch.exp(log_q).sum() * (axis[1] - axis[0]) ** 2
-    assert abs(mass.item() - 1) < 1e-2
-
-
-@pytest.mark.parametrize("family", ["gaussian", "iaf", "pcpmap"])
-def test_sample_log_q_equals_log_prob_at_the_sample(family):
-    q = make(family, 2, seed=4)
-    mu, log_sigma = torch.randn(5, 2), 0.3 * torch.randn(5, 2)
-    h = torch.randn(5, CTX) if q.context_dim else None
-    with torch.no_grad():
-        z, log_q = q.sample(mu, log_sigma, h, n_samples=3)
-        assert torch.allclose(q.log_prob(z, mu, log_sigma, h), log_q, atol=1e-6)
-
-
 def test_gaussian_log_prob_formula():
     z, mu, ls = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, math.log(2)])
     expected = -0.5 - 0.5 * 0.25 - math.log(2) - math.log(2 * math.pi)
@@ -164,16 +118,129 @@ def test_gaussian_log_prob_formula():
 
 
 def test_unknown_setting_or_family_is_named():
-    from flowvae.errors import ConfigError
-
     with pytest.raises(ConfigError, match="stepz"):
         posteriors.build("iaf", 2, stepz=3)
     with pytest.raises(ConfigError, match="nope"):
         posteriors.build("nope", 2)
 
 
+def test_variant_settings_are_checked_against_the_family_schema_and_filled():
+    out = posteriors.validate_variants(
+        {"a": {"family": "iaf", "steps": 2}, "b": {"family": "gaussian"}}
+    )
+    assert out["a"] == {
+        "family": "iaf",
+        "steps": 2,
+        "context_dim": 128,
+        "hidden": 128,
+        "depth": 2,
+        "forget_bias": 1.5,
+    }
+    assert out["b"] == {"family": "gaussian"}
+    for bad, message in [
+        ({"family": "iaf", "steps": 0}, "'variants.a.steps': 0 is less than the minimum of 1"),
+        ({"family": "iaf", "steps": 2.5}, "'variants.a.steps': 2.5 is not of type 'integer'"),
+        ({"family": "pcpmap", "stepz": 1}, "'variants.a.stepz': not a setting of family 'pcpmap'"),
+        ({"family": "nope"}, "'variants.a.family': no posterior family 'nope'"),
+        ({"steps": 2}, "'variants.a': needs a 'family'"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            posteriors.validate_variants({"a": bad})
+
+
+def test_config_validation_uses_the_family_schemas():
+    from flowvae import config
+
+    cfg = config.validate({"variants": {"cot": {"family": "cotflow", "steps": 6}}})
+    assert cfg["variants"]["cot"]["steps"] == 6
+    assert cfg["variants"]["cot"]["width"] == cotflow.COTFlowPosterior.SETTINGS["width"]["default"]
+    with pytest.raises(ConfigError, match="'variants.cot.width'"):
+        config.validate({"variants": {"cot": {"family": "cotflow", "width": 0}}})
+
+
 def test_iaf_made_degrees_for_one_dimension():
-    q = iaf.Posterior(latent_dim=1, context_dim=3, hidden=8).double()
+    q = iaf.IAFPosterior(latent_dim=1, context_dim=3, hidden=8).double()
     z, h = torch.randn(4, 1), torch.randn(4, 3)
     zt, _ = q.transform(z, h)
     assert torch.allclose(q.inverse(zt, h), z)
+
+
+def test_iaf_starts_as_the_documented_contraction():
+    q = iaf.IAFPosterior(latent_dim=2, context_dim=3, steps=4, forget_bias=1.5).double()
+    z0, h = torch.randn(6, 2), torch.randn(6, 3)
+    z, logdet = q.transform(z0, h)
+    scale = torch.sigmoid(torch.tensor(1.5)) ** 4
+    assert torch.allclose(z, scale * z0.flip(-1))  # three reversals between four steps
+    assert torch.allclose(logdet, torch.full((6,), 2 * math.log(scale.item())))
+
+
+def test_pcpmap_newton_inverse_counts_and_warns_when_it_stops_early():
+    q = make("pcpmap", 2, seed=5)
+    with torch.no_grad():
+        q.g1.fill_(2.0)  # a strongly curved potential: one Newton step is not enough
+    q.newton_iters = 1
+    z, h = 2 * torch.randn(30, 2), torch.randn(30, CTX)
+    with pytest.warns(pcpmap.NewtonWarning, match=r"\d+ of 30 points not converged"):
+        q.inverse(z, h)
+    assert 0 < q.newton_failures <= 30
+    q.newton_iters, before = 50, q.newton_failures
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pcpmap.NewtonWarning)
+        q.inverse(z, h)
+    assert q.newton_failures == before
+
+
+def _cot_potential(q, z, t, h):
+    """Phi(z, t; h) written out plainly, for autograd."""
+    s = torch.cat([z, t, q.proj(h)], dim=1)
+    u = cotflow.log_cosh(q.opening(s))
+    for layer in q.residual:
+        u = u + cotflow.log_cosh(layer(u)) / len(q.residual)
+    return u @ q.w + 0.5 * ((s @ q.A.T) ** 2).sum(1) + s @ q.c
+
+
+@pytest.mark.parametrize("d", [2, 5])
+def test_cotflow_closed_form_gradient_trace_and_time_derivative_match_autograd(d):
+    q = make("cotflow", d, seed=6)
+    z, h = 1.5 * torch.randn(9, d), torch.randn(9, CTX)
+    t = torch.full((9, 1), 0.37)
+    v, div, dt_phi = q.velocity(z, 0.37, q._context(h), with_dt=True)
+    zz, tt = z.clone().requires_grad_(True), t.clone().requires_grad_(True)
+    gz, gt = torch.autograd.grad(_cot_potential(q, zz, tt, h).sum(), (zz, tt), create_graph=True)
+    hess_tr = sum(
+        torch.autograd.grad(gz[:, i].sum(), zz, retain_graph=True)[0][:, i] for i in range(d)
+    )
+    assert hess_tr.abs().min() > 0.1, "a trace this small tests little"
+    assert torch.allclose(v, -gz, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(div, -hess_tr, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(dt_phi, gt[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_cotflow_penalty_for_a_constant_velocity_field():
+    """Phi = a'z + b t (N and A switched off): z = z0 - a, log det = 0, transport |a|^2 / 2,
+    HJB residual |-b + |a|^2 / 2|."""
+    q = cotflow.COTFlowPosterior(
+        2, context_dim=3, width=8, steps=3, transport_weight=0.7, hjb_weight=0.2
+    ).double()
+    a, b = torch.tensor([0.8, -1.3]), 0.4
+    with torch.no_grad():
+        q.w.zero_()
+        q.A.zero_()
+        q.c.zero_()
+        q.c[:2] = a
+        q.c[2] = b
+    z0, h = torch.randn(5, 2), torch.randn(5, 3)
+    z, logdet, penalty = q.transform_with_penalty(z0, h)
+    assert torch.allclose(z, z0 - a) and torch.allclose(logdet, torch.zeros(5))
+    speed = 0.5 * (a**2).sum()
+    assert torch.allclose(penalty, torch.full((5,), 0.7 * speed + 0.2 * abs(speed - b)))
+
+
+def test_cotflow_starts_as_documented():
+    """w = 1, c = 0, A = 0.1 x Xavier: a smooth non-identity map, no contraction to a point."""
+    torch.manual_seed(0)
+    q = cotflow.COTFlowPosterior(2, context_dim=8).double()
+    assert torch.equal(q.w, torch.ones_like(q.w)) and torch.equal(q.c, torch.zeros_like(q.c))
+    z0, h = torch.randn(50, 2), torch.randn(50, 8)
+    z, logdet = q.transform(z0, h)
+    assert (z - z0).abs().mean() > 0.05 and logdet.abs().max() < 2.0

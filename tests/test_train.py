@@ -3,17 +3,17 @@
 import pandas as pd
 import pytest
 import torch
+from conftest import SMALL_VARIANTS as VARIANTS
 from conftest import small_config
 
 from flowvae import evaluate, train
 from flowvae.errors import FlowvaeError, TrainingError
 
-
 def weights(path):
     return torch.load(path, weights_only=False)["state_dict"]
 
 
-@pytest.mark.parametrize("variant", ["standard", "iaf", "pcpmap"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_same_seed_same_metrics_other_seed_differs(prepared, tmp_path, variant):
     cfg = small_config(tmp_path)
     runs = {}
@@ -29,7 +29,7 @@ def test_same_seed_same_metrics_other_seed_differs(prepared, tmp_path, variant):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("variant", ["standard", "pcpmap"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatch):
     cfg = small_config(tmp_path)
     train.train(cfg, variant, 0, prepared, tmp_path / "full", progress=False)

@@ -57,6 +57,9 @@ def validate(cfg: dict) -> dict:
     if errors:
         err = errors[0]
         raise ConfigError(f"config key '{_key_of(err)}': {err.message}")
+    from flowvae.posteriors import validate_variants  # the families' own schemas (imports torch)
+
+    cfg["variants"] = validate_variants(cfg["variants"])
     return cfg
 
 

@@ -19,13 +19,17 @@ def elbo_terms(
     """Per-image Monte Carlo terms with S samples z ~ q(z|x):
 
     rec = -E log p(x|z),  reg = E[log q(z|x) - log p(z)],  neg_elbo = rec + reg,
-    loss = rec + beta * reg (beta < 1 during KL warm-up).
+    loss = rec + beta * reg + E[penalty] (beta < 1 during KL warm-up),
+
+    where penalty is the posterior family's training penalty (``transform_with_penalty``; 0 for
+    most families). Only ``loss`` contains it; ``neg_elbo``, ``rec`` and ``reg`` never do.
     """
     mu, log_sigma, h = model.encode(x)
-    z, log_q = model.posterior.sample(mu, log_sigma, h, n_samples, generator)
+    z, log_q, penalty = model.posterior.sample_with_penalty(mu, log_sigma, h, n_samples, generator)
     rec = -model.log_likelihood(x, z).mean(0)
     reg = (log_q - model.log_prior(z)).mean(0)
-    return {"loss": rec + beta * reg, "neg_elbo": rec + reg, "rec": rec, "reg": reg}
+    loss = rec + beta * reg + penalty.mean(0)
+    return {"loss": loss, "neg_elbo": rec + reg, "rec": rec, "reg": reg}
 
 
 def iwae_nll(

@@ -5,12 +5,25 @@ z = T(z0; h(x)) conditioned on the encoder context h(x):
 
     log q(z|x) = log N(z0; mu, sigma^2) - log |det dT/dz0|
 
-The Gaussian family is the identity map.
+A family subclasses :class:`PosteriorFamily` and implements ``transform`` (z0 -> z and the
+log-determinant) and ``inverse`` (z -> z0). It declares its settings in ``SETTINGS`` (JSON-schema
+properties with defaults, matching the keyword arguments of ``__init__``); ``context_dim`` is the
+length of h(x) it reads from the encoder (0: none).
+
+Training-loss hook: ``transform_with_penalty`` returns a third value, a per-sample penalty that
+the trainer adds to the loss (``objectives.elbo_terms``'s ``loss``) and nothing else: the
+reported -ELBO, IWAE and exact NLL never contain it. The default penalty is 0; COT-Flow adds its
+transport cost and HJB residual there.
+
+Approximate densities: a family whose log q is exact only up to a discretization (an ODE solved
+with a fixed step) sets ``exact_density = False`` and has an integer setting ``steps``; its log q
+must converge as ``steps`` grows (the contract tests check this).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,9 +38,13 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor
 
 
 class PosteriorFamily(nn.Module):
-    """Base class: subclasses set ``context_dim`` and implement ``transform`` and ``inverse``."""
+    """Base class: subclasses set ``context_dim``, ``SETTINGS`` and implement ``transform``
+    and ``inverse``; they may override ``transform_with_penalty`` (the training-loss hook) and
+    ``inverse_with_logdet`` (when z0 and the log-determinant come from one backward pass)."""
 
     context_dim: int = 0
+    SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
+    exact_density: ClassVar[bool] = True
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -41,6 +58,34 @@ class PosteriorFamily(nn.Module):
         """(N, d) -> z0 with transform(z0, h)[0] == z."""
         raise NotImplementedError
 
+    def transform_with_penalty(self, z0: torch.Tensor, h: torch.Tensor | None):
+        """The training-loss hook: (z, log|det dz/dz0|, penalty (N,)); the penalty is added to
+        the training loss only. Default: ``transform`` and a zero penalty."""
+        z, logdet = self.transform(z0, h)
+        return z, logdet, torch.zeros_like(logdet)
+
+    def inverse_with_logdet(self, z: torch.Tensor, h: torch.Tensor | None):
+        """(N, d) -> (z0, log|det dz/dz0| at z0). Default: ``inverse``, then ``transform``."""
+        z0 = self.inverse(z, h)
+        return z0, self.transform(z0, h)[1]
+
+    def sample_with_penalty(
+        self,
+        mu: torch.Tensor,
+        log_sigma: torch.Tensor,
+        h: torch.Tensor | None,
+        n_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterized samples z (S, B, d), log q(z|x) (S, B), training penalty (S, B)."""
+        shape = (n_samples, *mu.shape)
+        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z0 = mu + torch.exp(log_sigma) * eps
+        log_q0 = (-0.5 * eps**2 - log_sigma - 0.5 * LOG_2PI).sum(-1)
+        z, logdet, penalty = self.transform_with_penalty(*_flatten(z0, h))
+        batch = shape[:-1]
+        return z.reshape(shape), log_q0 - logdet.reshape(batch), penalty.reshape(batch)
+
     def sample(
         self,
         mu: torch.Tensor,
@@ -50,20 +95,15 @@ class PosteriorFamily(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterized samples: z (S, B, d) and log q(z|x) (S, B)."""
-        shape = (n_samples, *mu.shape)
-        eps = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        z0 = mu + torch.exp(log_sigma) * eps
-        log_q0 = (-0.5 * eps**2 - log_sigma - 0.5 * LOG_2PI).sum(-1)
-        z, logdet = self.transform(*_flatten(z0, h))
-        return z.reshape(shape), log_q0 - logdet.reshape(shape[:-1])
+        z, log_q, _ = self.sample_with_penalty(mu, log_sigma, h, n_samples, generator)
+        return z, log_q
 
     def log_prob(
         self, z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None
     ) -> torch.Tensor:
         """log q(z|x) at given z of shape (S, B, d) for a batch of B encodings -> (S, B)."""
         z_flat, h_flat = _flatten(z, h)
-        z0 = self.inverse(z_flat, h_flat)
-        _, logdet = self.transform(z0, h_flat)
+        z0, logdet = self.inverse_with_logdet(z_flat, h_flat)
         z0 = z0.reshape(z.shape)
         return gaussian_log_prob(z0, mu, log_sigma) - logdet.reshape(z.shape[:-1])
 

@@ -7,9 +7,17 @@ Each step t reads z_{t-1} and the context h through a MADE-style masked network 
     log q(z_T|x) = log q(z_0|x) - sum_t sum_i log sigma_{t,i},
 
 with the coordinate order reversed between steps.
+
+Start: the output layers of every MADE are zero, so m = s = 0 and each step is the contraction
+z_t = sigmoid(b) z_{t-1}: the flow starts at z = sigmoid(b)^T R^(T-1) z0, R the reversal of the
+coordinates (not the identity: 0.45 z0 reversed for the defaults b = 1.5, T = 4), with
+log-determinant T d log sigmoid(b). The encoder's mu and sigma absorb the scale and the order,
+so q starts as a Gaussian.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -90,7 +98,7 @@ class IAFStep(nn.Module):
         return z
 
 
-class Posterior(PosteriorFamily):
+class IAFPosterior(PosteriorFamily):
     """IAF posterior: Gaussian base, then ``steps`` gated autoregressive steps.
 
     Args:
@@ -99,15 +107,23 @@ class Posterior(PosteriorFamily):
         steps: number of IAF steps T.
         hidden: width of each MADE hidden layer.
         depth: hidden layers per MADE.
-        forget_bias: b in sigma = sigmoid(s + b); large b starts each step near the identity.
+        forget_bias: b in sigma = sigmoid(s + b); each step starts as z_t = sigmoid(b) z_{t-1}.
 
     Example:
         >>> import torch
-        >>> q = Posterior(latent_dim=2, context_dim=8)
+        >>> q = IAFPosterior(latent_dim=2, context_dim=8)
         >>> z, log_q = q.sample(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 8))
         >>> z.shape, log_q.shape
         (torch.Size([1, 3, 2]), torch.Size([1, 3]))
     """
+
+    SETTINGS: ClassVar[dict] = {
+        "context_dim": {"type": "integer", "minimum": 1, "default": 128},
+        "steps": {"type": "integer", "minimum": 1, "default": 4},
+        "hidden": {"type": "integer", "minimum": 1, "default": 128},
+        "depth": {"type": "integer", "minimum": 1, "default": 2},
+        "forget_bias": {"type": "number", "default": 1.5},
+    }
 
     def __init__(
         self,

@@ -6,18 +6,44 @@ The map is the gradient of a potential that is strictly convex in z0 and arbitra
     z = grad_{z0} G(z0, h),   log q(z|x) = log q(z0|x) - log det Hess_{z0} G(z0, h),
 
 where Gtilde is a partially input-convex network (PICNN, Amos et al., 2017). The inverse solves
-the convex conjugate problem z0 = argmin_y G(y, h) - <y, z> by damped Newton steps.
+the convex conjugate problem z0 = argmin_y G(y, h) - <y, z> by damped Newton steps; points where
+it does not converge within ``newton_iters`` raise a ``NewtonWarning`` that gives their count.
+
+Differences from the reference code (github EmoryMLIP/PCP-Map, src/pcpmap.py, src/icnn.py), on
+purpose:
+- Direction: the reference learns grad G from data to the Gaussian (the density needs only the
+  forward map) and samples by inverting it. A VAE posterior samples in every training step, so
+  here grad G maps the base Gaussian z0 to z, and the inverse is needed only for log q on a grid.
+- Log-determinant: log q(z) = log N(z0) - log det Hess G (the reference adds log det Hess G, its
+  map going the other way). The Hessian is built from d autograd rows with create_graph=True and
+  its log-determinant in closed form for d <= 2 (Cholesky above), not by eigvalsh of a vmapped
+  functorch Hessian.
+- Inverse solver: batched damped Newton with the exact Hessian and Armijo backtracking per point,
+  stopping at a residual |grad G(y) - z| <= newton_tol, instead of one L-BFGS over the batch.
+- Positivity: convex-path weights are softplus(V) of a free V (smooth, never clamped), instead of
+  relu applied to the weights in the forward pass and written back into them at construction.
+- Initialisation: softplus(g1) = 0.1, relu(g2) + softplus(g3) = 1, so the flow starts close to
+  the identity z = z0 (the reference starts at 0.69 Gtilde + 0.84 |x|^2 / 2).
+- Quadratic term: |z0|^2 / 2 summed over the d coordinates, one scalar added to Gtilde; the
+  reference adds the per-coordinate x * x / 2 to a scalar Gtilde by broadcasting, which only
+  sums correctly for d = 1.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from flowvae.posteriors.base import PosteriorFamily
+
+
+class NewtonWarning(RuntimeWarning):
+    """The PCP-Map inverse left some points above its residual tolerance."""
 
 
 def _inv_softplus(y: float) -> float:
@@ -80,7 +106,7 @@ class PICNN(nn.Module):
         return self.out(u, y, v).squeeze(-1)
 
 
-class Posterior(PosteriorFamily):
+class PCPMapPosterior(PosteriorFamily):
     """PCP-Map posterior: z = grad G(z0, h) with G strictly convex in z0.
 
     Args:
@@ -89,15 +115,26 @@ class Posterior(PosteriorFamily):
         width: width of the PICNN's convex path.
         depth: hidden layers of the PICNN.
         context_width: width of the PICNN's context path.
-        newton_tol, newton_iters: stopping rule of the inverse (max residual |grad G - z|).
+        newton_tol, newton_iters: stopping rule of the inverse (max residual |grad G - z|); points
+            still above ``newton_tol`` after ``newton_iters`` steps are counted in a
+            ``NewtonWarning`` and in ``newton_failures``.
 
     Example:
         >>> import torch
-        >>> q = Posterior(latent_dim=2, context_dim=8, width=16)
+        >>> q = PCPMapPosterior(latent_dim=2, context_dim=8, width=16)
         >>> z, log_q = q.sample(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 8))
         >>> z.shape, log_q.shape
         (torch.Size([1, 3, 2]), torch.Size([1, 3]))
     """
+
+    SETTINGS: ClassVar[dict] = {
+        "context_dim": {"type": "integer", "minimum": 1, "default": 128},
+        "width": {"type": "integer", "minimum": 1, "default": 128},
+        "depth": {"type": "integer", "minimum": 1, "default": 2},
+        "context_width": {"type": "integer", "minimum": 1, "default": 128},
+        "newton_tol": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6},
+        "newton_iters": {"type": "integer", "minimum": 1, "default": 50},
+    }
 
     def __init__(
         self,
@@ -117,6 +154,7 @@ class Posterior(PosteriorFamily):
         self.g2 = nn.Parameter(torch.tensor(0.0))
         self.g3 = nn.Parameter(torch.tensor(_inv_softplus(1.0)))
         self.newton_tol, self.newton_iters = newton_tol, newton_iters
+        self.newton_failures = 0  # points the inverse left unconverged, over this object's life
 
     def potential(self, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """G(y, h) = softplus(g1) Gtilde(y, h) + (relu(g2) + softplus(g3)) |y|^2 / 2, shape (N,)."""
@@ -149,16 +187,19 @@ class Posterior(PosteriorFamily):
     def inverse(self, z, h):
         """Damped Newton on phi(y) = G(y, h) - <y, z>: y <- y - t H^{-1} (grad G(y) - z).
 
-        Only the samples whose residual |grad G(y) - z| is still above ``newton_tol`` are updated.
+        Only the samples whose residual |grad G(y) - z| is still above ``newton_tol`` are updated;
+        those left above it after ``newton_iters`` steps raise a ``NewtonWarning`` with their count.
         """
         y = z.clone()
         active = torch.arange(z.shape[0], device=z.device)
-        for _ in range(self.newton_iters):
+        for it in range(self.newton_iters + 1):
             ya, za, ha = y[active], z[active], None if h is None else h[active]
             g, hess = self.grad_hessian(ya, ha, create_graph=False)
             r = g - za
             left = r.abs().amax(-1) > self.newton_tol
             if not left.any():
+                return y
+            if it == self.newton_iters:
                 break
             ya, za, r, hess, active = ya[left], za[left], r[left], hess[left], active[left]
             ha = None if ha is None else ha[left]
@@ -173,6 +214,15 @@ class Posterior(PosteriorFamily):
                     break
                 t = torch.where(ok, t, 0.5 * t)
             y[active] = ya - t[:, None] * step
+        n_bad = int(left.sum())
+        self.newton_failures += n_bad
+        warnings.warn(
+            f"PCP-Map inverse: {n_bad} of {z.shape[0]} points not converged after "
+            f"{self.newton_iters} Newton steps (max residual {r.abs().amax().item():.3g} > "
+            f"newton_tol {self.newton_tol:g})",
+            NewtonWarning,
+            stacklevel=2,
+        )
         return y
 
 
