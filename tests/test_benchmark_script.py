@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
+STUDY_VARIANTS = list(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["variants"])
 SCRIPT = REPO / "benchmarks" / "epoch_throughput.py"
 TINY = [
     "--images", "256", "--repeats", "1", "--threads", "1", "--batch-size", "64",
@@ -14,6 +17,8 @@ TINY = [
     "--set", "variants.iaf.hidden=16", "--set", "variants.iaf.context_dim=8",
     "--set", "variants.pcpmap.width=16", "--set", "variants.pcpmap.context_width=16",
     "--set", "variants.pcpmap.context_dim=8",
+    "--set", "variants.cotflow.width=8", "--set", "variants.cotflow.context_dim=8",
+    "--set", "variants.cotflow.steps=2",
 ]  # fmt: skip
 
 
@@ -43,15 +48,15 @@ def test_epoch_throughput_tiny_run(tmp_path):
     for ln in lines[2:]:
         cells = dict(zip(header, (c.strip() for c in ln.strip("|").split("|")), strict=True))
         rows[cells["variant"]] = cells
-    assert set(rows) == {"standard", "iaf", "pcpmap"}
+    assert set(rows) == set(STUDY_VARIANTS)
     for cells in rows.values():
         assert float(cells["images_per_s"]) > 0
         assert float(cells["over_floor"]) > 0
     assert rows["standard"]["ratio"] == "1.00"
-    assert proc.stdout.count("PASS") + proc.stdout.count("MISS") == 3
+    assert proc.stdout.count("PASS") + proc.stdout.count("MISS") == len(STUDY_VARIANTS)
 
     record = json.loads(out.read_text())
-    assert [r["variant"] for r in record["variants"]] == ["standard", "iaf", "pcpmap"]
+    assert [r["variant"] for r in record["variants"]] == STUDY_VARIANTS
     values = numbers(record)
     assert values and all(math.isfinite(v) for v in values)
     assert all(r["epoch_s"] > 0 and r["gflop_per_epoch"] > 0 for r in record["variants"])

@@ -257,7 +257,8 @@ BAD_INPUTS = {
         ("-1 is less than the minimum of 1", "['epochs']"), config="train: {epochs: -1}"
     ),
     "unknown posterior family": Bad(
-        ("'realnvp' is not one of", "family"), config="variants: {flow: {family: realnvp}}"
+        ("config key 'variants.flow.family'", "realnvp"),
+        config="variants: {flow: {family: realnvp}}",
     ),
     "unknown variant in a sweep": Bad(
         ("config key 'sweeps.lr.variants'", "unknown variant(s) nosuch"),

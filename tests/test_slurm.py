@@ -41,7 +41,9 @@ pytestmark = pytest.mark.slurm
 SCRIPTS = REPO_ROOT / "tests" / "slurm"
 PROFILE = yaml.safe_load((REPO_ROOT / "profiles" / "slurm-local-test" / "config.yaml").read_text())
 CANNOT_INSTALL, OTHER_SLURM = 77, 78
-QUICK_RUNS = {(v, s) for v in ("standard", "iaf", "pcpmap") for s in (0, 1)}
+QUICK_RUNS = {
+    (v, s) for v in yaml.safe_load((REPO_ROOT / QUICK).read_text())["variants"] for s in (0, 1)
+}
 # Job 12 has been submitted with SLURM jobid 5 (log: .../rule_train/pcpmap_0/5.log).
 SUBMITTED = re.compile(
     r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)/rule_(\w+)/(?:(\w+)_(\d+)/)?"

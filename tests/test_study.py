@@ -59,10 +59,11 @@ def test_bad_yaml_in_a_config_file_names_the_file(tmp_path):
 
 def test_the_study_runs_every_variant_and_seed(tmp_path):
     s = make_study(tmp_path)
-    assert s.variants == ["standard", "iaf", "pcpmap"] and s.seeds == [0, 1, 2, 3, 4]
+    assert s.variants == list(STUDY_CFG["variants"]) and s.seeds == [0, 1, 2, 3, 4]
     assert s.reference == "standard" and s.latent_2d
     targets = s.targets()
-    assert len(s.run_files("metrics")) == 15 and set(s.run_files("metrics")) <= set(targets)
+    runs = len(s.variants) * len(s.seeds)
+    assert len(s.run_files("metrics")) == runs and set(s.run_files("metrics")) <= set(targets)
     for name in ("posterior_panel", "gap_contours", "quadrature_check", "posterior_iaf"):
         assert s.figure_file(name, "pdf") in targets
 
@@ -74,7 +75,7 @@ def test_run_variants_runs_a_subset_and_says_so(tmp_path):
     names = {j["name"] for j in s.figure_jobs()}
     assert "gap_contours" not in names and "posterior_iaf" in names
     text = "\n".join(s.describe())
-    assert "variants iaf;" in text and "leaves out standard, pcpmap" in text
+    assert "variants iaf;" in text and "leaves out standard, pcpmap, cotflow" in text
     assert "reference variant standard is not run" in text
 
 

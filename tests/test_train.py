@@ -9,6 +9,7 @@ from conftest import small_config
 from flowvae import evaluate, train
 from flowvae.errors import FlowvaeError, TrainingError
 
+
 def weights(path):
     return torch.load(path, weights_only=False)["state_dict"]
 

@@ -118,7 +118,7 @@ def test_job_count_table_parser():
 def test_study_plans_every_variant_and_seed(tmp_path):
     jobs = dry_run(tmp=tmp_path)
     runs = len(STUDY["variants"]) * len(STUDY["seeds"])
-    assert jobs["train"] == runs == 15
+    assert jobs["train"] == runs == 20
     assert jobs["evaluate"] == runs
     assert "quadrature_check" in FIGURES and "posterior_iaf" in FIGURES
     for rule in ["download", "prepare", "aggregate", "summary"]:
