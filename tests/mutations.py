@@ -10,6 +10,7 @@ missed (or the unmutated copy fails its tests).
     python tests/mutations.py                    # every mutation, its own test files
     python tests/mutations.py --only iwae_no_log_k --only iaf_no_reversal
     python tests/mutations.py --tests test_math.py   # the same mutations, one test file
+    python tests/mutations.py -k convex --only pcpmap_gate_signed   # does this test catch it?
     python tests/mutations.py --check            # only check that every pattern still matches
 
 To add a mutation, append a row: (name, file under src/flowvae, old text, new text, test files).
@@ -154,8 +155,10 @@ def copy_package(dest: Path) -> Path:
     return dest
 
 
-def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str, float]:
-    """pytest -x -q on ``tests`` with ``src`` first on the path: (return code, output, seconds)."""
+def run_tests(
+    src: Path, tests: tuple[str, ...], timeout: float, select: str | None = None
+) -> tuple[int, str, float]:
+    """pytest -x -q [-k select] on ``tests``, ``src`` first on the path: (exit, output, s)."""
     env = {**os.environ, "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
     probe = subprocess.run(
         [sys.executable, "-c", "import flowvae; print(flowvae.__file__)"],
@@ -167,7 +170,7 @@ def run_tests(src: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, s
     if not probe.stdout.strip().startswith(str(src)):
         raise RuntimeError(f"the copy is not imported: flowvae from {probe.stdout.strip()}")
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += [str(ROOT / "tests" / t) for t in tests]
+    cmd += [str(ROOT / "tests" / t) for t in tests] + (["-k", select] if select else [])
     start = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="run only this mutation (repeatable)")
     parser.add_argument("--tests", nargs="+", help="test files (in tests/) instead of each row's")
+    parser.add_argument("-k", dest="select", help="pytest -k expression for every run")
     parser.add_argument("--check", action="store_true", help="only check that patterns match")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per pytest run")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             union = tuple(dict.fromkeys(t for m in chosen for t in files(m)))
             src = copy_package(Path(tmp) / "baseline")
-            code, out, secs = run_tests(src, union, args.timeout)
+            code, out, secs = run_tests(src, union, args.timeout, args.select)
             print(f"baseline (no mutation): {' '.join(union)}: pytest exit {code}, {secs:.0f} s")
             if code != 0:
                 print(out[-4000:])
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(chosen):
             src = copy_package(Path(tmp) / f"m{i}")
             (src / "flowvae" / m.file).write_text(mutated_text(m))
-            code, out, secs = run_tests(src, files(m), args.timeout)
+            code, out, secs = run_tests(src, files(m), args.timeout, args.select)
             result = verdict(code)
             failed += result != "caught"
             rows.append((m.name, " ".join(files(m)), result, f"{secs:.1f}", first_failure(out)))
