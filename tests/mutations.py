@@ -150,9 +150,13 @@ def mutated_text(m: Mutation, package: Path = PACKAGE) -> str:
 
 
 def copy_package(dest: Path) -> Path:
-    """Copy src/flowvae to dest/flowvae (no bytecode); returns the copy's import root."""
-    shutil.copytree(PACKAGE, dest / "flowvae", ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
+    """Copy src/flowvae to dest/src/flowvae (no bytecode) beside links to the repository's other
+    top-level entries (the package finds workflow/schemas there); returns dest/src."""
+    shutil.copytree(PACKAGE, dest / "src" / "flowvae", ignore=shutil.ignore_patterns("__pycache__"))
+    for entry in ROOT.iterdir():
+        if entry.name != "src" and not entry.name.startswith("."):
+            (dest / entry.name).symlink_to(entry)
+    return dest / "src"
 
 
 def run_tests(
