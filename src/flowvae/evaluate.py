@@ -29,7 +29,9 @@ from flowvae.vae import VAE
 log = logging.getLogger(__name__)
 
 BATCH = 500
-ELBO_NODES = 6  # Gauss-Hermite nodes per axis of the per-image ELBO rule
+ELBO_POINTS = 32  # scrambled Sobol points per replica of the per-image ELBO
+ELBO_REPLICAS = 8  # replicas per round (the standard error has ELBO_REPLICAS - 1 dof)
+ELBO_MAX_REPLICAS = 32
 CHECK_COLUMNS = ["image", "k", "iwae", "stderr", "log_px", "excess"]
 CHECK_TOL = 0.01  # nats: float32 round-off of a log-sum-exp over ~1e5 terms near -100
 ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO
@@ -37,9 +39,30 @@ QUAD_TOL = 0.01  # nats: largest per-image quadrature bound on log p(x)
 GAP_TRIM = 0.05  # fraction cut from each end for the trimmed mean gap
 
 
+def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32):
+    """Points eps (M, 2) and weights (M,) for E_{eps ~ N(0, I)}[f(eps)] ~= sum_m w_m f(eps_m).
+
+    "gh": the n x n product Gauss-Hermite rule (probabilists' nodes; M = n^2).
+    "sobol": n scrambled Sobol points (seed = the scrambling) mapped by the normal inverse CDF,
+    equal weights: one randomized quasi-Monte Carlo replica, unbiased for every f.
+    """
+    if rule == "gh":
+        t, w = np.polynomial.hermite_e.hermegauss(n)
+        t, w = torch.as_tensor(t, dtype=dtype), torch.as_tensor(w / w.sum(), dtype=dtype)
+        e2, e1 = torch.meshgrid(t, t, indexing="ij")
+        eps = torch.stack([e1.reshape(-1), e2.reshape(-1)], -1)
+        return eps, (w[:, None] * w[None, :]).reshape(-1)
+    engine = torch.quasirandom.SobolEngine(2, scramble=True, seed=seed)
+    u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    eps = (math.sqrt(2) * torch.erfinv(2 * u - 1)).to(dtype)
+    return eps, torch.full((n,), 1.0 / n, dtype=dtype)
+
+
 @torch.no_grad()
-def _elbo_rule(model: VAE, x: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-    """Per-image ELBO terms by an n x n Gauss-Hermite rule in the base space of q.
+def elbo_rule(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image ELBO terms by a rule (eps (M, d), weights (M,)) in the base space of q.
 
     With z = T(mu + sigma eps; h) and eps ~ N(0, I), log q(z|x) = log N(eps) - sum log sigma
     - log|det dT|, so
@@ -47,17 +70,12 @@ def _elbo_rule(model: VAE, x: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
         ELBO = E_eps[log p(x|z) + log p(z) + log|det dT|] + H
         H = sum_i log sigma_i + d (1 + log 2 pi) / 2
 
-    (the entropy of the base Gaussian in closed form); the expectation is the product rule
-    sum_jk w_j w_k f(eps_jk) with the probabilists' Gauss-Hermite nodes (exact for polynomials
-    of degree 2n - 1 in each coordinate). Only the forward map T is used, so any family works.
+    (the entropy of the base Gaussian in closed form). Only the forward map T is used, so any
+    family works.
     """
-    t, w = np.polynomial.hermite_e.hermegauss(n)
-    t, w = torch.as_tensor(t, dtype=x.dtype), torch.as_tensor(w / w.sum(), dtype=x.dtype)
-    e2, e1 = torch.meshgrid(t, t, indexing="ij")
-    eps = torch.stack([e1.reshape(-1), e2.reshape(-1)], -1).to(x.device)  # (M, 2)
-    weights = (w[:, None] * w[None, :]).reshape(-1).to(x.device)  # (M,)
+    eps, weights = eps.to(x.device, x.dtype), weights.to(x.device, x.dtype)
     mu, log_sigma, h = model.encode(x)
-    z0 = mu + torch.exp(log_sigma) * eps[:, None, :]  # (M, B, 2)
+    z0 = mu + torch.exp(log_sigma) * eps[:, None, :]  # (M, B, d)
     h_flat = None if h is None else h.expand(eps.shape[0], *h.shape).reshape(-1, h.shape[-1])
     z, logdet = model.posterior.transform(z0.reshape(-1, z0.shape[-1]), h_flat)
     z, logdet = z.reshape(z0.shape), logdet.reshape(z0.shape[:-1])
@@ -65,6 +83,25 @@ def _elbo_rule(model: VAE, x: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     rec = -(weights @ model.log_likelihood(x, z))
     reg = -(weights @ (model.log_prior(z) + logdet)) - entropy
     return {"neg_elbo": rec + reg, "rec": rec, "reg": reg}
+
+
+@torch.no_grad()
+def rqmc_elbo(
+    model: VAE, x: torch.Tensor, points: int, replicas: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """-ELBO and its terms per image by randomized QMC, with a standard error per image.
+
+    Error model: each of ``replicas`` independent scramblings of ``points`` Sobol points gives
+    an unbiased estimate of every term; the result is their mean and ``neg_elbo_err`` their
+    standard deviation / sqrt(replicas) (a standard error with replicas - 1 degrees of freedom).
+    """
+    reps = [
+        elbo_rule(model, x, *base_points("sobol", points, seed + r, x.dtype))
+        for r in range(replicas)
+    ]
+    out = {k: torch.stack([r[k] for r in reps]).mean(0) for k in reps[0]}
+    out["neg_elbo_err"] = torch.stack([r["neg_elbo"] for r in reps]).std(0) / math.sqrt(replicas)
+    return out
 
 
 @torch.no_grad()
@@ -76,31 +113,53 @@ def test_terms(
     progress: bool,
     seconds: dict[str, float],
 ) -> dict[str, np.ndarray]:
-    """Per image: -ELBO and its terms by quadrature in the base space, its error, IWAE NLL.
+    """Per image: -ELBO and its terms with a standard error (``adaptive_elbo``), IWAE NLL."""
+    t0 = time.perf_counter()
+    out = adaptive_elbo(model, x, ecfg["seed"], progress)
+    seconds["elbo"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    iwae = [
+        iwae_nll(model, x[i : i + BATCH], ecfg["iwae_k"], ecfg["chunk"], gen)
+        for i in tqdm(range(0, x.shape[0], BATCH), desc="IWAE", disable=not progress)
+    ]
+    seconds["iwae"] = time.perf_counter() - t0
+    return {
+        "neg_elbo": out["neg_elbo"].cpu().numpy(),
+        "neg_elbo_err": out["neg_elbo_err"].cpu().numpy(),
+        "neg_elbo_replicas": out["replicas"].cpu().numpy(),
+        "rec": out["rec"].cpu().numpy(),
+        "kl": out["reg"].cpu().numpy(),
+        "iwae_nll": torch.cat(iwae).cpu().numpy(),
+    }
 
-    Error model: -ELBO comes from the n x n Gauss-Hermite rule (``_elbo_rule``) with
-    n = ELBO_NODES; its stated error ``neg_elbo_err`` is the change to the (n-2) x (n-2) rule,
-    |Q_n - Q_{n-2}|, which bounds the error of Q_n when the rule converges (the error of
-    Q_n is far below that of Q_{n-2} for a smooth integrand). Deterministic: no sampling noise.
-    """
-    rows = {"neg_elbo": [], "neg_elbo_err": [], "rec": [], "kl": [], "iwae_nll": []}
-    seconds.update(elbo=0.0, iwae=0.0)
-    for i in tqdm(
-        range(0, x.shape[0], BATCH), desc="test set", disable=not progress, mininterval=2
-    ):
-        xb = x[i : i + BATCH]
-        t0 = time.perf_counter()
-        fine = _elbo_rule(model, xb, ELBO_NODES)
-        coarse = _elbo_rule(model, xb, ELBO_NODES - 2)
-        rows["neg_elbo"].append(fine["neg_elbo"])
-        rows["neg_elbo_err"].append((fine["neg_elbo"] - coarse["neg_elbo"]).abs())
-        rows["rec"].append(fine["rec"])
-        rows["kl"].append(fine["reg"])
-        t1 = time.perf_counter()
-        rows["iwae_nll"].append(iwae_nll(model, xb, ecfg["iwae_k"], ecfg["chunk"], gen))
-        seconds["elbo"] += t1 - t0
-        seconds["iwae"] += time.perf_counter() - t1
-    return {k: torch.cat(v).cpu().numpy() for k, v in rows.items()}
+
+@torch.no_grad()
+def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False) -> dict:
+    """``rqmc_elbo`` with ELBO_REPLICAS replicas of ELBO_POINTS points per image, then more
+    replicas (ELBO_REPLICAS at a time, up to ELBO_MAX_REPLICAS) for the images whose standard
+    error still exceeds ELBO_TOL * 0.8; every replica of an image uses its own scrambling."""
+    sums: dict[str, torch.Tensor] = {}
+    sq = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    count = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    todo = torch.arange(x.shape[0], device=x.device)
+    r0 = 0
+    while todo.numel() and r0 < ELBO_MAX_REPLICAS:
+        for i in tqdm(range(0, todo.numel(), BATCH), desc="ELBO", disable=not progress):
+            idx = todo[i : i + BATCH]
+            for r in range(r0, r0 + ELBO_REPLICAS):
+                terms = elbo_rule(model, x[idx], *base_points("sobol", ELBO_POINTS, seed + r))
+                for k, v in terms.items():
+                    sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v)
+                sq.index_add_(0, idx, terms["neg_elbo"] ** 2)
+                count[idx] += 1
+        r0 += ELBO_REPLICAS
+        mean = sums["neg_elbo"] / count
+        var = (sq / count - mean**2).clamp(min=0) * count / (count - 1)
+        err = (var / count).sqrt()
+        todo = (err > 0.8 * ELBO_TOL).nonzero()[:, 0]
+    out = {k: v / count for k, v in sums.items()}
+    out["neg_elbo_err"], out["replicas"] = err, count
+    return out
 
 
 @torch.no_grad()
@@ -318,7 +377,12 @@ def evaluate(
         "eval_seconds": eval_seconds,
         "eval_seconds_per_image": seconds["elbo"] / x.shape[0],
         "seconds": seconds,
-        "elbo_rule": {"nodes": ELBO_NODES, "error_vs_nodes": ELBO_NODES - 2},
+        "elbo_rule": {
+            "points": ELBO_POINTS,
+            "replicas": ELBO_REPLICAS,
+            "max_replicas": ELBO_MAX_REPLICAS,
+            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
+        },
         "quadrature": {k: v for k, v in grid_info.items() if k != "grids"},
         "iwae_check": iwae_check,
         "checks": checks,

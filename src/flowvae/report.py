@@ -435,7 +435,7 @@ def _failure_list(failed: pd.DataFrame) -> str:
 def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
-    Ends with the table of every check of every run; each failed check is also logged as a
+    Starts with the table of every check of every run; each failed check is also logged as a
     warning at the end (stderr, hence the rule's log).
     """
     try:
@@ -447,14 +447,14 @@ def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
         raise FlowvaeError(f"metrics table {metrics_csv} lacks rows or the columns {missing}")
     df["variant"] = df["variant"].astype(str)
     lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
+    checks = check_table(df)
+    lines += ["## Checks", ""] + _check_lines(checks) + [""]
     if "sweep" in df and df["sweep"].notna().any():
         groups = df.groupby(["sweep", "sweep_value"], sort=False, dropna=False)
         for (sweep, value), sub in groups:
             lines += [f"## Sweep {sweep} = {value}", ""] + _summary_lines(sub, reference) + [""]
     else:
         lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
-    checks = check_table(df)
-    lines += ["## Checks", ""] + _check_lines(checks) + [""]
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
     failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks
