@@ -179,10 +179,11 @@ def adaptive_log_marginal(
     """log p(x) with every image's bound (see ``bounded_log_marginal``) refined below ``tol``.
 
     All images first share one lattice: extent E = the 99th percentile over images of
-    max_i |mu_i| + 4 sigma_i (at least 3), spacing h = 0.1 (or the given values). Then each
+    max_i |mu_i| + 4 sigma_i (at least 3), spacing h = 0.05 (or the given values). Then each
     image whose bound exceeds tol, or whose peak spans fewer than MIN_N_EFF lattice points, gets
     a window of its own around its posterior (centre: the posterior mean on the lattice;
-    half-width: 6 posterior sd, at least 4 h) and is refined there, up to ``max_levels`` times:
+    half-width: 6 posterior sd; spacing: the smaller posterior sd, at most h/2) and is refined
+    there, up to ``max_levels`` times:
     the spacing is halved when the spacing error exceeds tol/2 or n_eff < MIN_N_EFF, the window
     is widened 1.5 times when the extent error (mass in the ring) exceeds tol/2, separately.
     Returns the per-image arrays (plus the ``spacing`` used per image) and a summary.
@@ -191,29 +192,30 @@ def adaptive_log_marginal(
         mu, log_sigma, _ = model.encode(x)
         reach = (mu.abs() + 4 * log_sigma.exp()).amax(-1)
         extent = max(3.0, math.ceil(2 * float(torch.quantile(reach, 0.99))) / 2)
-    spacing = spacing or 0.1
+    spacing = spacing or 0.05
     out = bounded_log_marginal(model, x, extent, spacing)
     out["spacing"] = torch.full_like(out["log_px"], spacing)
     bad = ((out["bound"] > tol) | (out["n_eff"] < MIN_N_EFF)).nonzero()[:, 0]
     windows = 0
     for i in bad.tolist():
         xi = x[i : i + 1]
-        h, half = spacing, max(6 * float(out["sd"][i].max()), 4 * spacing)
-        center = tuple(float(c) for c in out["mean"][i])
+        sd = out["sd"][i].clamp(min=1e-3)
+        h = min(spacing / 2, float(sd.min()))
+        half = max(6 * float(sd.max()), 4 * h)
         for _ in range(max_levels):
-            small_peak = float(out["n_eff"][i]) < MIN_N_EFF
-            if out["spacing_err"][i] > tol / 2 or small_peak:
-                h /= 2
-            elif out["extent_err"][i] > tol / 2:
-                half *= 1.5
-            elif out["bound"][i] <= tol:
-                break
+            center = tuple(float(c) for c in out["mean"][i])
             half = math.ceil(half / h) * h
             new = bounded_log_marginal(model, xi, half, h, center=center)
             windows += 1
             for k in new:
                 out[k][i] = new[k][0]
             out["spacing"][i] = h
+            if out["spacing_err"][i] > tol / 2 or out["n_eff"][i] < MIN_N_EFF:
+                h /= 2
+            elif out["extent_err"][i] > tol / 2:
+                half *= 1.5
+            else:
+                break
     worst = int(out["bound"].argmax())
     info = {
         "extent": float(extent),
