@@ -49,3 +49,57 @@ def test_grid_cells_tile_the_square():
     assert torch.isclose(axis[0], torch.tensor(-2.9)) and torch.isclose(axis[-1], torch.tensor(2.9))
     # row-major in z2: consecutive points move along z1
     assert z[1, 0] > z[0, 0] and z[1, 1] == z[0, 1]
+
+
+def linear_gaussian_case(monkeypatch, s: float, n: int = 8, seed: int = 0):
+    """Patch the joint density to the linear-Gaussian one; images and exact log p(x)."""
+    torch.manual_seed(seed)
+    w = torch.randn(5, 2, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    lg = LinearGaussian(w, b, s)
+    z_true = torch.randn(n, 2, dtype=torch.float64) * 1.2
+    x = z_true @ w.T + b + s * torch.randn(n, 5, dtype=torch.float64)
+    from flowvae.vae import VAE
+
+    monkeypatch.setattr(
+        quadrature, "log_joint", lambda model, x, z: lg.decoder_log_lik(x, z) + VAE.log_prior(z)
+    )
+    cov = w @ w.T + s**2 * torch.eye(5, dtype=torch.float64)
+    return x, torch.distributions.MultivariateNormal(b, cov).log_prob(x)
+
+
+def test_trapezoid_and_midpoint_weights_tile_the_square_and_the_ring():
+    for rule in ("midpoint", "trapezoid"):
+        z, log_w = quadrature.lattice(2.0, 0.25, rule)
+        assert math.isclose(log_w.exp().sum().item() * 0.25**2, 16.0, rel_tol=1e-6)
+        assert z.abs().max() <= 2.0 + 1e-6
+    z, log_w = quadrature.lattice(3.0, 0.25, inner=2.0, center=(1.0, -0.5))
+    assert math.isclose(log_w.exp().sum().item() * 0.25**2, 36.0 - 16.0, rel_tol=1e-6)
+    shifted = z - torch.tensor([1.0, -0.5])
+    assert (shifted.abs().amax(-1) > 2.0).all()
+
+
+def test_per_image_bound_covers_the_true_error_on_a_coarse_grid(monkeypatch):
+    x, exact = linear_gaussian_case(monkeypatch, s=0.3)
+    out = quadrature.bounded_log_marginal(None, x, extent=3.0, spacing=0.3)
+    err = (out["log_px"] - exact).abs()
+    assert (err > 1e-4).any()  # the grid is coarse enough to be wrong somewhere
+    assert torch.all(err <= out["bound"] + 1e-9), (err, out["bound"])
+    # a square that cuts off mass: the extent error flags it (it covers the error when the
+    # ring holds the larger part of the outside mass, and is large when it does not)
+    small = quadrature.bounded_log_marginal(None, x, extent=1.0, spacing=0.05)
+    err = (small["log_px"] - exact).abs()
+    assert small["extent_err"].max() > 0.01
+    assert torch.all((err <= small["bound"] + 1e-9) | (small["extent_err"] > 1.0))
+
+
+def test_adaptive_quadrature_meets_the_tolerance_for_every_image(monkeypatch):
+    # s = 0.05: posteriors of width ~0.02, far narrower than the first spacing 0.1
+    x, exact = linear_gaussian_case(monkeypatch, s=0.05, n=6, seed=3)
+    first = quadrature.bounded_log_marginal(None, x, 2.5, 0.1)
+    assert (first["n_eff"] < quadrature.MIN_N_EFF).any()
+    out, info = quadrature.adaptive_log_marginal(None, x, extent=2.5, spacing=0.1, tol=0.01)
+    assert info["images_over_tol"] == 0 and info["max_bound"] <= 0.01
+    assert info["refined_images"] > 0 and info["min_spacing"] < 0.1
+    assert torch.all((out["log_px"] - exact).abs() <= 0.01), out["log_px"] - exact
+    assert torch.all((out["log_px"] - exact).abs() <= out["bound"] + 1e-6)

@@ -206,3 +206,54 @@ def test_summarize_skips_all_nan_columns(tmp_path: Path) -> None:
     text = report.summarize(csv, tmp_path / "s.md")
     assert "exact NLL" not in text and "posterior gap" not in text
     assert "IWAE NLL" in text
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check(value: float, threshold: float, op: str = "<=") -> dict:
+    passed = value <= threshold if op == "<=" else value >= threshold
+    return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": "w"}
+
+
+def test_checks_table_lists_every_check_and_warns_on_a_failure(tmp_path: Path, caplog) -> None:
+    paths = []
+    for variant, bound in (("standard", 0.004), ("iaf", 0.03)):
+        for seed in (0, 1):
+            checks = {
+                "quadrature_bound": check(bound if seed == 1 else 0.002, 0.01),
+                "elbo_error": check(0.03, 0.05),
+            }
+            rec = metrics_record(variant, seed, 120.0 + seed, checks=checks, median_gap=1.5)
+            paths.append(write_metrics(tmp_path / "r", rec))
+    csv = tmp_path / "metrics.csv"
+    report.aggregate(paths, csv)
+    with caplog.at_level("WARNING"):
+        text = report.summarize(csv, tmp_path / "summary.md")
+    table = text.split("## Checks")[1].split("## Results")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 8  # header + 2 variants x 2 seeds x 2 checks
+    fails = [r for r in rows if "**FAIL**" in r]
+    assert len(fails) == 1 and "| iaf | 1 | quadrature_bound | 0.03 | <= 0.01 |" in fails[0]
+    assert "1 of 8 checks FAIL: quadrature_bound for iaf seed 1" in table
+    assert "quadrature_bound for iaf seed 1" in caplog.text
+    assert "median gap (nats)" in text
+
+
+def test_summary_reports_median_and_trimmed_mean_gap(tmp_path: Path) -> None:
+    rows = [
+        metrics_record(v, s, 120.0, mean_gap=10.0 + s, median_gap=1.0 + s, trimmed_mean_gap=2.0)
+        for v in ("standard", "iaf")
+        for s in (0, 1)
+    ]
+    csv = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    text = report.summarize(csv, tmp_path / "s.md")
+    header = next(line for line in text.splitlines() if line.startswith("| variant | seeds"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    row = next(line for line in text.splitlines() if line.startswith("| standard |"))
+    cells = dict(zip(names, [c.strip() for c in row.strip("|").split("|")], strict=True))
+    assert cells["posterior gap (nats)"] == "10.50 ± 0.71"
+    assert cells["median gap (nats)"] == "1.50 ± 0.71"
+    assert cells["5%-trimmed mean gap (nats)"] == "2.00 ± 0.00"
+    assert "No checks were recorded" in text

@@ -9,42 +9,157 @@ grid of z for chosen test images, reconstructions and prior samples.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from tqdm import tqdm
 
 from flowvae import data as data_mod
 from flowvae import io, quadrature
 from flowvae.errors import ConfigError
-from flowvae.objectives import elbo_terms, iwae_nll
+from flowvae.objectives import iwae_nll
 from flowvae.train import load_model, pick_device
 from flowvae.vae import VAE
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+ELBO_POINTS = 32  # scrambled Sobol points per replica of the per-image ELBO
+ELBO_REPLICAS = 8  # replicas per round (the standard error has ELBO_REPLICAS - 1 dof)
+ELBO_MAX_REPLICAS = 32
 CHECK_COLUMNS = ["image", "k", "iwae", "stderr", "log_px", "excess"]
 CHECK_TOL = 0.01  # nats: float32 round-off of a log-sum-exp over ~1e5 terms near -100
+ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO
+QUAD_TOL = 0.01  # nats: largest per-image quadrature bound on log p(x)
+GAP_TRIM = 0.05  # fraction cut from each end for the trimmed mean gap
+
+
+def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32):
+    """Points eps (M, 2) and weights (M,) for E_{eps ~ N(0, I)}[f(eps)] ~= sum_m w_m f(eps_m).
+
+    "gh": the n x n product Gauss-Hermite rule (probabilists' nodes; M = n^2).
+    "sobol": n scrambled Sobol points (seed = the scrambling) mapped by the normal inverse CDF,
+    equal weights: one randomized quasi-Monte Carlo replica, unbiased for every f.
+    """
+    if rule == "gh":
+        t, w = np.polynomial.hermite_e.hermegauss(n)
+        t, w = torch.as_tensor(t, dtype=dtype), torch.as_tensor(w / w.sum(), dtype=dtype)
+        e2, e1 = torch.meshgrid(t, t, indexing="ij")
+        eps = torch.stack([e1.reshape(-1), e2.reshape(-1)], -1)
+        return eps, (w[:, None] * w[None, :]).reshape(-1)
+    engine = torch.quasirandom.SobolEngine(2, scramble=True, seed=seed)
+    u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    eps = (math.sqrt(2) * torch.erfinv(2 * u - 1)).to(dtype)
+    return eps, torch.full((n,), 1.0 / n, dtype=dtype)
 
 
 @torch.no_grad()
-def test_terms(model: VAE, x: torch.Tensor, ecfg: dict, gen: torch.Generator, progress: bool):
-    """Per-image negative ELBO, its terms and the IWAE bound, in batches."""
-    rows = {"neg_elbo": [], "rec": [], "kl": [], "iwae_nll": []}
-    for i in tqdm(
-        range(0, x.shape[0], BATCH), desc="test set", disable=not progress, mininterval=2
-    ):
-        xb = x[i : i + BATCH]
-        terms = elbo_terms(model, xb, ecfg["samples"], generator=gen)
-        rows["neg_elbo"].append(terms["neg_elbo"])
-        rows["rec"].append(terms["rec"])
-        rows["kl"].append(terms["reg"])
-        rows["iwae_nll"].append(iwae_nll(model, xb, ecfg["iwae_k"], ecfg["chunk"], gen))
-    return {k: torch.cat(v).cpu().numpy() for k, v in rows.items()}
+def elbo_rule(
+    model: VAE, x: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image ELBO terms by a rule (eps (M, d), weights (M,)) in the base space of q.
+
+    With z = T(mu + sigma eps; h) and eps ~ N(0, I), log q(z|x) = log N(eps) - sum log sigma
+    - log|det dT|, so
+
+        ELBO = E_eps[log p(x|z) + log p(z) + log|det dT|] + H
+        H = sum_i log sigma_i + d (1 + log 2 pi) / 2
+
+    (the entropy of the base Gaussian in closed form). Only the forward map T is used, so any
+    family works.
+    """
+    eps, weights = eps.to(x.device, x.dtype), weights.to(x.device, x.dtype)
+    mu, log_sigma, h = model.encode(x)
+    z0 = mu + torch.exp(log_sigma) * eps[:, None, :]  # (M, B, d)
+    h_flat = None if h is None else h.expand(eps.shape[0], *h.shape).reshape(-1, h.shape[-1])
+    z, logdet = model.posterior.transform(z0.reshape(-1, z0.shape[-1]), h_flat)
+    z, logdet = z.reshape(z0.shape), logdet.reshape(z0.shape[:-1])
+    entropy = log_sigma.sum(-1) + 0.5 * model.latent_dim * (1 + math.log(2 * math.pi))
+    rec = -(weights @ model.log_likelihood(x, z))
+    reg = -(weights @ (model.log_prior(z) + logdet)) - entropy
+    return {"neg_elbo": rec + reg, "rec": rec, "reg": reg}
+
+
+@torch.no_grad()
+def rqmc_elbo(
+    model: VAE, x: torch.Tensor, points: int, replicas: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """-ELBO and its terms per image by randomized QMC, with a standard error per image.
+
+    Error model: each of ``replicas`` independent scramblings of ``points`` Sobol points gives
+    an unbiased estimate of every term; the result is their mean and ``neg_elbo_err`` their
+    standard deviation / sqrt(replicas) (a standard error with replicas - 1 degrees of freedom).
+    """
+    reps = [
+        elbo_rule(model, x, *base_points("sobol", points, seed + r, x.dtype))
+        for r in range(replicas)
+    ]
+    out = {k: torch.stack([r[k] for r in reps]).mean(0) for k in reps[0]}
+    out["neg_elbo_err"] = torch.stack([r["neg_elbo"] for r in reps]).std(0) / math.sqrt(replicas)
+    return out
+
+
+@torch.no_grad()
+def test_terms(
+    model: VAE,
+    x: torch.Tensor,
+    ecfg: dict,
+    gen: torch.Generator,
+    progress: bool,
+    seconds: dict[str, float],
+) -> dict[str, np.ndarray]:
+    """Per image: -ELBO and its terms with a standard error (``adaptive_elbo``), IWAE NLL."""
+    t0 = time.process_time()
+    out = adaptive_elbo(model, x, ecfg["seed"], progress)
+    seconds["elbo"] = time.process_time() - t0
+    t0 = time.process_time()
+    iwae = [
+        iwae_nll(model, x[i : i + BATCH], ecfg["iwae_k"], ecfg["chunk"], gen)
+        for i in tqdm(range(0, x.shape[0], BATCH), desc="IWAE", disable=not progress)
+    ]
+    seconds["iwae"] = time.process_time() - t0
+    return {
+        "neg_elbo": out["neg_elbo"].cpu().numpy(),
+        "neg_elbo_err": out["neg_elbo_err"].cpu().numpy(),
+        "neg_elbo_replicas": out["replicas"].cpu().numpy(),
+        "rec": out["rec"].cpu().numpy(),
+        "kl": out["reg"].cpu().numpy(),
+        "iwae_nll": torch.cat(iwae).cpu().numpy(),
+    }
+
+
+@torch.no_grad()
+def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False) -> dict:
+    """``rqmc_elbo`` with ELBO_REPLICAS replicas of ELBO_POINTS points per image, then more
+    replicas (ELBO_REPLICAS at a time, up to ELBO_MAX_REPLICAS) for the images whose standard
+    error still exceeds ELBO_TOL * 0.8; every replica of an image uses its own scrambling."""
+    sums: dict[str, torch.Tensor] = {}
+    sq = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    count = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    todo = torch.arange(x.shape[0], device=x.device)
+    r0 = 0
+    while todo.numel() and r0 < ELBO_MAX_REPLICAS:
+        for i in tqdm(range(0, todo.numel(), BATCH), desc="ELBO", disable=not progress):
+            idx = todo[i : i + BATCH]
+            for r in range(r0, r0 + ELBO_REPLICAS):
+                terms = elbo_rule(model, x[idx], *base_points("sobol", ELBO_POINTS, seed + r))
+                for k, v in terms.items():
+                    sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v)
+                sq.index_add_(0, idx, terms["neg_elbo"] ** 2)
+                count[idx] += 1
+        r0 += ELBO_REPLICAS
+        mean = sums["neg_elbo"] / count
+        var = (sq / count - mean**2).clamp(min=0) * count / (count - 1)
+        err = (var / count).sqrt()
+        todo = (err > 0.8 * ELBO_TOL).nonzero()[:, 0]
+    out = {k: v / count for k, v in sums.items()}
+    out["neg_elbo_err"], out["replicas"] = err, count
+    return out
 
 
 @torch.no_grad()
@@ -92,8 +207,61 @@ def _check_summary(check: pd.DataFrame) -> dict:
         "max_excess_nats": float(check["excess"].max()),
         "max_excess_in_stderr": float(z.max()),
         # a bound may exceed log p(x) only by its noise: 3 standard errors + float32 round-off
+        "max_excess_beyond_noise": float((check["excess"] - 3 * check["stderr"]).max()),
         "bound_below_log_px": bool((check["excess"] <= 3 * check["stderr"] + CHECK_TOL).all()),
     }
+
+
+def _check(value: float, threshold: float, op: str, what: str) -> dict:
+    """One check: passed when ``value op threshold`` (op '<=' or '>=')."""
+    passed = value <= threshold if op == "<=" else value >= threshold
+    return {"value": value, "threshold": threshold, "op": op, "passed": bool(passed), "what": what}
+
+
+def run_checks(table: pd.DataFrame, iwae_check: dict) -> dict[str, dict]:
+    """Every check of one evaluation: name -> value, threshold, op, passed, what it means."""
+    checks = {
+        "elbo_error": _check(
+            float(table["neg_elbo_err"].max()), ELBO_TOL, "<=", "largest per-image -ELBO error"
+        ),
+        "bounds_ordered": _check(
+            float(table["neg_elbo"].mean() - table["iwae_nll"].mean()),
+            -CHECK_TOL,
+            ">=",
+            "mean -ELBO minus mean IWAE NLL",
+        ),
+    }
+    if table["exact_nll"].notna().any():
+        checks["quadrature_bound"] = _check(
+            float(table["exact_nll_bound"].max()), QUAD_TOL, "<=", "largest per-image bound"
+        )
+        checks["gap_nonnegative"] = _check(
+            float((table["gap"] + table["gap_err"]).min()),
+            0.0,
+            ">=",
+            "smallest gap plus its error",
+        )
+        checks["iwae_above_exact"] = _check(
+            float(table["iwae_nll"].mean() - table["exact_nll"].mean()),
+            -CHECK_TOL,
+            ">=",
+            "mean IWAE NLL minus mean exact NLL",
+        )
+    if iwae_check:
+        checks["iwae_below_log_px"] = _check(
+            iwae_check["max_excess_beyond_noise"],
+            CHECK_TOL,
+            "<=",
+            f"largest IWAE excess over log p(x) beyond 3 SE, K <= {iwae_check['k_max']}",
+        )
+    return checks
+
+
+def _spacing(ecfg: dict) -> float | None:
+    """Starting quadrature spacing: from quadrature_points when extent and points are set."""
+    if ecfg["quadrature_extent"] is None or ecfg["quadrature_points"] is None:
+        return None
+    return 2 * ecfg["quadrature_extent"] / ecfg["quadrature_points"]
 
 
 def _load(cfg: dict, model_path: Path, data_path: Path, threads: int | None):
@@ -136,20 +304,23 @@ def evaluate(
         )
     gen = torch.Generator(device=device).manual_seed(ecfg["seed"])
 
-    t0 = time.perf_counter()
-    per_image = test_terms(model, x, ecfg, gen, progress)
-    t_test = time.perf_counter() - t0
-    exact, grid_info = None, {}
+    seconds: dict[str, float] = {}  # CPU seconds per step (= wall seconds on an idle thread)
+    wall0, t0 = time.perf_counter(), time.process_time()
+    per_image = test_terms(model, x, ecfg, gen, progress, seconds)
+    exact, bound, grid_info, check = None, None, {}, pd.DataFrame(columns=CHECK_COLUMNS)
+    grids: dict = {}
     if model.latent_dim == 2:
-        t1 = time.perf_counter()
-        log_px, grid_info = quadrature.auto_log_marginal(
-            model, x, ecfg["quadrature_extent"], ecfg["quadrature_points"]
+        t1 = time.process_time()
+        quad, grid_info = quadrature.adaptive_log_marginal(
+            model, x, ecfg["quadrature_extent"], _spacing(ecfg), tol=QUAD_TOL
         )
-        exact = -log_px.cpu().numpy()
-        grid_info["seconds"] = time.perf_counter() - t1
+        log_px = quad["log_px"]
+        exact, bound = -log_px.cpu().numpy(), quad["bound"].cpu().numpy()
+        seconds["quadrature"] = time.process_time() - t1
+        t1 = time.process_time()
         n_check = min(ecfg["check_images"], x.shape[0])
-        check = (
-            quadrature.iwae_convergence(
+        if n_check:
+            check = quadrature.iwae_convergence(
                 model,
                 x[:n_check],
                 log_px[:n_check],
@@ -158,14 +329,17 @@ def evaluate(
                 ecfg["chunk"],
                 ecfg["seed"],
             )
-            if n_check
-            else pd.DataFrame(columns=CHECK_COLUMNS)
-        )
+        seconds["iwae_check"] = time.process_time() - t1
+        t1 = time.process_time()
         grids = posterior_grids(model, x[images], ecfg["grid_extent"], ecfg["grid_points"])
+        seconds["posterior_grids"] = time.process_time() - t1
     else:
         log.info("latent dimension %d: no quadrature and no posterior grids", model.latent_dim)
-        grids, check = {}, pd.DataFrame(columns=CHECK_COLUMNS)
-    eval_seconds = time.perf_counter() - t0
+    t1 = time.process_time()
+    pics = pictures(model, x, gen)
+    seconds["pictures"] = time.process_time() - t1
+    eval_seconds = time.process_time() - t0
+    wall_seconds = time.perf_counter() - wall0
 
     variant, seed = record["variant"], record["seed"]
     table = pd.DataFrame(
@@ -176,25 +350,44 @@ def evaluate(
             "label": data["test_labels"].numpy(),
             **per_image,
             "exact_nll": exact if exact is not None else np.nan,
+            "exact_nll_bound": bound if bound is not None else np.nan,
         }
     )
     table["gap"] = table["neg_elbo"] - table["exact_nll"]
+    table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
     summary = record["summary"]
+    iwae_check = _check_summary(check)
+    checks = run_checks(table, iwae_check)
+    gap = table["gap"].dropna()
     metrics = {
         "variant": variant,
         "seed": seed,
         "family": summary["family"],
         "n_test": int(x.shape[0]),
         "test_neg_elbo": float(table["neg_elbo"].mean()),
+        "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
         "test_rec": float(table["rec"].mean()),
         "test_kl": float(table["kl"].mean()),
         "test_iwae_nll": float(table["iwae_nll"].mean()),
         "exact_nll": None if exact is None else float(table["exact_nll"].mean()),
-        "mean_gap": None if exact is None else float(table["gap"].mean()),
+        "exact_nll_max_bound": None if bound is None else float(bound.max()),
+        "mean_gap": None if gap.empty else float(gap.mean()),
+        "median_gap": None if gap.empty else float(gap.median()),
+        "trimmed_mean_gap": None if gap.empty else float(stats.trim_mean(gap, GAP_TRIM)),
+        "negative_gaps": int((table["gap"] < 0).sum()),
         "eval_seconds": eval_seconds,
-        "eval_seconds_per_image": t_test / x.shape[0],
-        "quadrature": grid_info,
-        "iwae_check": _check_summary(check),
+        "eval_wall_seconds": wall_seconds,
+        "eval_seconds_per_image": seconds["elbo"] / x.shape[0],
+        "seconds": seconds,
+        "elbo_rule": {
+            "points": ELBO_POINTS,
+            "replicas": ELBO_REPLICAS,
+            "max_replicas": ELBO_MAX_REPLICAS,
+            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
+        },
+        "quadrature": {k: v for k, v in grid_info.items() if k != "grids"},
+        "iwae_check": iwae_check,
+        "checks": checks,
         **{
             k: summary[k]
             for k in (
@@ -207,7 +400,7 @@ def evaluate(
             )
         },
     }
-    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pictures(model, x, gen)}
+    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pics}
     io.write_csv(table, out_dir / "per_image.csv")
     check.insert(0, "seed", seed)
     check.insert(0, "variant", variant)
@@ -222,6 +415,13 @@ def evaluate(
         metrics["test_iwae_nll"],
         metrics["exact_nll"],
     )
+    log.info("seconds per step: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    for name, c in checks.items():
+        if not c["passed"]:
+            log.warning(
+                "check %s failed: %s = %.4g, needs %s %.4g",
+                name, c["what"], c["value"], c["op"], c["threshold"],
+            )  # fmt: skip
     return metrics
 
 

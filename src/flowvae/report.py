@@ -38,10 +38,18 @@ SUMMARY_COLUMNS = {
     "test_iwae_nll": "IWAE NLL (nats)",
     "exact_nll": "exact NLL (nats)",
     "mean_gap": "posterior gap (nats)",
+    "median_gap": "median gap (nats)",
+    "trimmed_mean_gap": "5%-trimmed mean gap (nats)",
     "seconds_per_epoch": "s / epoch",
     "eval_seconds_per_image": "eval s / image",
 }
 CLAIM = "both flows reach a lower test loss than the standard VAE"
+CHECK_PREFIX = "checks_"
+# Checks of metrics files written before metrics.json had "checks": column -> (name, what)
+LEGACY_CHECKS = {
+    "iwae_check_bound_below_log_px": ("iwae_below_log_px", "IWAE <= log p(x) + 3 SE + 0.01"),
+}
+LEGACY_REFINEMENT_TOL = 0.01  # nats: the old quadrature's tolerance on its refinement delta
 
 
 # ----------------------------------------------------------------------------- aggregate
@@ -377,8 +385,81 @@ def _summary_lines(df: pd.DataFrame, reference: str) -> list[str]:
     return lines + ["### Claim", "", claim_sentence(df, reference, flows)]
 
 
+def _checks_of_row(row: pd.Series) -> list[dict]:
+    """The checks of one run: from the metrics.json "checks" (JSON text per check in the CSV),
+    else from the columns of older metrics files."""
+    found = []
+    for col in row.index:
+        if col.startswith(CHECK_PREFIX) and isinstance(row[col], str):
+            c = json.loads(row[col])
+            found.append({"check": col[len(CHECK_PREFIX) :], **c})
+    if found:
+        return found
+    for col, (name, what) in LEGACY_CHECKS.items():
+        if col in row and pd.notna(row[col]):
+            passed = str(row[col]).strip().lower() in ("true", "1", "1.0")
+            value = row.get("iwae_check_max_excess_in_stderr", math.nan)
+            found.append(
+                {"check": name, "value": value, "threshold": math.nan, "op": "",
+                 "passed": passed, "what": what + " (value: largest excess in SE)"}
+            )  # fmt: skip
+    delta = row.get("quadrature_refinement_delta", math.nan)
+    if pd.notna(delta):
+        found.append(
+            {"check": "quadrature_refinement", "value": float(delta),
+             "threshold": LEGACY_REFINEMENT_TOL, "op": "<=",
+             "passed": float(delta) <= LEGACY_REFINEMENT_TOL,
+             "what": "change of the mean log p(x) under refinement"}
+        )  # fmt: skip
+    return found
+
+
+def check_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, check): variant, seed (and sweep), check, value, op, threshold, passed."""
+    keys = [k for k in (*SWEEP_KEYS, "variant", "seed") if k in df]
+    rows = [{**{k: r[k] for k in keys}, **c} for _, r in df.iterrows() for c in _checks_of_row(r)]
+    columns = [*keys, "check", "value", "op", "threshold", "passed", "what"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _check_lines(checks: pd.DataFrame) -> list[str]:
+    """The markdown checks table and a sentence naming every failure."""
+    if checks.empty:
+        return ["No checks were recorded in the metrics."]
+    keys = [k for k in (*SWEEP_KEYS, "variant", "seed") if k in checks]
+    rows = [
+        [str(r[k]) for k in keys]
+        + [
+            r["check"],
+            f"{r['value']:.4g}" if pd.notna(r["value"]) else "n/a",
+            f"{r['op']} {r['threshold']:.4g}" if pd.notna(r["threshold"]) else "n/a",
+            "pass" if r["passed"] else "**FAIL**",
+            str(r["what"]),
+        ]
+        for _, r in checks.iterrows()
+    ]
+    lines = _table([*keys, "check", "value", "threshold", "result", "meaning"], rows) + [""]
+    failed = checks[~checks["passed"].astype(bool)]
+    if failed.empty:
+        lines.append(f"All {len(checks)} checks pass.")
+    else:
+        lines.append(f"{len(failed)} of {len(checks)} checks FAIL: {_failure_list(failed)}.")
+    return lines
+
+
+def _failure_list(failed: pd.DataFrame) -> str:
+    return "; ".join(
+        f"{r['check']} for {r['variant']} seed {r['seed']} (value {r['value']:.4g})"
+        for _, r in failed.iterrows()
+    )
+
+
 def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
-    """Markdown summary of metrics.csv (per sweep value when present); written to ``out``."""
+    """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
+
+    Starts with the table of every check of every run; each failed check is also logged as a
+    warning at the end (stderr, hence the rule's log).
+    """
     try:
         df = pd.read_csv(metrics_csv)
     except FileNotFoundError as exc:
@@ -388,6 +469,8 @@ def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
         raise FlowvaeError(f"metrics table {metrics_csv} lacks rows or the columns {missing}")
     df["variant"] = df["variant"].astype(str)
     lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
+    checks = check_table(df)
+    lines += ["## Checks", ""] + _check_lines(checks) + [""]
     if "sweep" in df and df["sweep"].notna().any():
         groups = df.groupby(["sweep", "sweep_value"], sort=False, dropna=False)
         for (sweep, value), sub in groups:
@@ -396,4 +479,8 @@ def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
         lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
+    failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks
+    if not failed.empty:
+        message = f"{len(failed)} check(s) FAILED: {_failure_list(failed)} (see {out})"
+        log.warning(message)
     return text
