@@ -36,6 +36,7 @@ POST = ("test_math.py", "test_posteriors.py")
 OBJ = ("test_math.py", "test_objectives.py")
 QUAD = ("test_math.py", "test_quadrature.py")
 TRAIN = ("test_math.py", "test_train.py")
+FAM = ("test_families.py", "test_math.py")
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,9 @@ MUTATIONS = [Mutation(*row) for row in [
     ("neg_elbo_with_warmup_beta", "objectives.py",
      '"neg_elbo": rec + reg', '"neg_elbo": rec + beta * reg', OBJ),
     ("loss_without_warmup_beta", "objectives.py",
-     '"loss": rec + beta * reg', '"loss": rec + reg', OBJ),
+     "loss = rec + beta * reg + penalty.mean(0)", "loss = rec + reg + penalty.mean(0)", OBJ),
+    ("penalty_in_reported_neg_elbo", "objectives.py",
+     '"neg_elbo": rec + reg,', '"neg_elbo": rec + reg + penalty.mean(0),', FAM),
     ("iwae_no_log_k", "objectives.py", "total - math.log(k)", "total", OBJ),
     ("iwae_weight_sign", "objectives.py",
      "model.log_prior(z) - log_q", "model.log_prior(z) + log_q", OBJ),
@@ -121,6 +124,16 @@ MUTATIONS = [Mutation(*row) for row in [
      "x @ logits.T - F.softplus", "x @ logits.T + F.softplus", QUAD),
     ("quad_no_prior", "quadrature.py",
      "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD),
+    # COT-Flow: dz/dt = -grad Phi, d l/dt = -tr Hess Phi (closed form), RK4, penalty L and R
+    ("cotflow_trace_half", "posteriors/cotflow.py", "-trace", "-0.5 * trace", FAM, 2),
+    ("cotflow_trace_no_quadratic", "posteriors/cotflow.py",
+     "@ (k0z**2).sum(1) + (az**2).sum()", "@ (k0z**2).sum(1)", FAM),
+    ("cotflow_logdet_sign", "posteriors/cotflow.py",
+     "        return z, logdet\n", "        return z, -logdet\n", FAM),
+    ("cotflow_hjb_dt_sign", "posteriors/cotflow.py",
+     "(speed - dt_phi).abs()", "(speed + dt_phi).abs()", FAM),
+    ("cotflow_half_time_step", "posteriors/cotflow.py",
+     "1.0) / self.steps", "0.5) / self.steps", FAM),
     # training schedule: cosine lr, linear KL warm-up
     ("lr_cosine_sign", "train.py",
      "(1 + math.cos(math.pi * frac))", "(1 - math.cos(math.pi * frac))", TRAIN),

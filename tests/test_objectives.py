@@ -65,7 +65,8 @@ def test_iwae_bound_rises_with_k_towards_log_marginal(family, draw):
     noise = 4 * (errors[1:] ** 2 + errors[:-1] ** 2).sqrt() + 1e-3
     assert torch.all(means[1:] >= means[:-1] - noise), "IWAE bound fell as K grew"
     assert torch.all(means[-1] <= log_px + 4 * errors[-1] + 1e-3), "IWAE above log p(x)"
-    assert torch.all((log_px - means[-1]).abs() < 0.05)
+    # K = 1000 closes most of the K = 1 gap (how much depends on how close q is to p(z|x))
+    assert torch.all(log_px - means[-1] < 0.5 * (log_px - means[0]) + 4 * errors[-1] + 1e-3)
 
 
 def test_iwae_chunking_does_not_change_the_value():
