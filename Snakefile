@@ -45,6 +45,14 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/sweeps.smk"
 
 
+# A failed check of the evaluation (results/summary.md) is the last thing a run prints.
+onsuccess:
+    from flowvae import report as flowvae_report
+
+    for line in flowvae_report.failed_checks(STUDY.study_file("summary")):
+        logger.warning(f"flowvae: {line}")
+
+
 rule all:
     default_target: True
     input:

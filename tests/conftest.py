@@ -147,7 +147,6 @@ def small_config(tmp_path=None, **train_settings) -> dict:
             "iwae_k": 8,
             "grid_points": 12,
             "images": [0, 1],
-            "samples": 2,
             "quadrature_extent": 4.0,
             "quadrature_points": 40,
         },

@@ -122,8 +122,11 @@ MUTATIONS = [Mutation(*row) for row in [
      "-extent + h / 2, extent - h / 2", "-extent, extent", QUAD),
     ("quad_bernoulli_sign", "quadrature.py",
      "x @ logits.T - F.softplus", "x @ logits.T + F.softplus", QUAD),
+    ("quad_window_area_sign", "quadrature.py",
+     "log_area = torch.log(step[b : b + per]).sum(-1)",
+     "log_area = -torch.log(step[b : b + per]).sum(-1)", QUAD),
     ("quad_no_prior", "quadrature.py",
-     "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD),
+     "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD, 2),
     # COT-Flow: dz/dt = -grad Phi, d l/dt = -tr Hess Phi (closed form), RK4, penalty L and R
     ("cotflow_trace_half", "posteriors/cotflow.py", "-trace", "-0.5 * trace", FAM, 2),
     ("cotflow_trace_no_quadratic", "posteriors/cotflow.py",

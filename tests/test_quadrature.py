@@ -21,6 +21,13 @@ class LinearGaussian(nn.Module):
             math.log(self.s) + 0.5 * math.log(2 * math.pi)
         )
 
+    def decoder_log_lik_paired(self, x, z):
+        """Each image with its own points: x (B, D), z (B, P, 2) -> (B, P)."""
+        mean = z @ self.w.T + self.b
+        return (-0.5 * ((x[:, None] - mean) / self.s) ** 2).sum(-1) - x.shape[1] * (
+            math.log(self.s) + 0.5 * math.log(2 * math.pi)
+        )
+
 
 def test_grid_log_marginal_matches_closed_form(monkeypatch):
     torch.manual_seed(0)
@@ -63,6 +70,11 @@ def linear_gaussian_case(monkeypatch, s: float, n: int = 8, seed: int = 0):
 
     monkeypatch.setattr(
         quadrature, "log_joint", lambda model, x, z: lg.decoder_log_lik(x, z) + VAE.log_prior(z)
+    )
+    monkeypatch.setattr(
+        quadrature,
+        "log_joint_paired",
+        lambda model, x, z: lg.decoder_log_lik_paired(x, z) + VAE.log_prior(z),
     )
     cov = w @ w.T + s**2 * torch.eye(5, dtype=torch.float64)
     return x, torch.distributions.MultivariateNormal(b, cov).log_prob(x)

@@ -50,16 +50,16 @@ def write_benchmark(path: Path, seconds: float, rss: float) -> Path:
 
 def test_aggregate_sorts_rows_and_matches_benchmarks(tmp_path: Path) -> None:
     root = tmp_path / "results"
-    evals, benches = [], []
+    evals, train, ev = [], [], []
     for v in ["pcpmap", "standard", "iaf"]:
         for seed in [2, 0, 1]:
             code = {"standard": 100, "iaf": 200, "pcpmap": 300}[v] + seed
             evals.append(write_metrics(root, metrics_record(v, seed, 120.0 + code / 1000)))
             b = tmp_path / "benchmarks"
-            benches.append(write_benchmark(b / "train" / v / f"seed{seed}.tsv", code, code + 0.5))
-            benches.append(write_benchmark(b / "evaluate" / v / f"seed{seed}.tsv", code / 10, 1.0))
+            train.append(write_benchmark(b / "train" / v / f"seed{seed}.tsv", code, code + 0.5))
+            ev.append(write_benchmark(b / "evaluate" / v / f"seed{seed}.tsv", code / 10, 1.0))
     out = tmp_path / "metrics.csv"
-    df = report.aggregate(evals, out, benchmarks=benches[::-1])
+    df = report.aggregate(evals, out, train_benchmarks=train, eval_benchmarks=ev)
 
     assert len(df) == 9
     assert list(zip(df["variant"], df["seed"], strict=True)) == [
@@ -84,16 +84,16 @@ def test_aggregate_without_benchmarks_has_no_benchmark_columns(tmp_path: Path) -
     assert len(df) == 1
 
 
-def test_aggregate_sweep_columns_first_and_benchmarks_by_folder(tmp_path: Path) -> None:
-    evals, benches = [], []
+def test_aggregate_sweep_columns_first_and_benchmarks_by_position(tmp_path: Path) -> None:
+    evals, train, ev = [], [], []
     for value in [0.01, 0.001]:
         for seed in [1, 0]:
             rec = metrics_record("iaf", seed, 120.0, sweep="lr", sweep_value=value)
             evals.append(write_metrics(tmp_path / "results" / "sweep" / "lr" / str(value), rec))
             bench = tmp_path / "results" / "sweep" / "lr" / str(value) / "benchmarks"
-            benches.append(write_benchmark(bench / "train" / "iaf" / f"seed{seed}.tsv", value, 5))
-            benches.append(write_benchmark(bench / "evaluate" / "iaf" / f"seed{seed}.tsv", 1, 5))
-    df = report.aggregate(evals, tmp_path / "sweep.csv", benchmarks=benches)
+            train.append(write_benchmark(bench / "train" / "iaf" / f"seed{seed}.tsv", value, 5))
+            ev.append(write_benchmark(bench / "evaluate" / "iaf" / f"seed{seed}.tsv", 1, 5))
+    df = report.aggregate(evals, tmp_path / "sweep.csv", train_benchmarks=train, eval_benchmarks=ev)
     assert list(df.columns[:2]) == ["sweep", "sweep_value"]
     assert df["sweep_value"].tolist() == [0.001, 0.001, 0.01, 0.01]
     assert df["seed"].tolist() == [0, 1, 0, 1]

@@ -425,7 +425,7 @@ def test_quick_logs_and_benchmarks(quick):
 
 def test_quick_evaluate_settings_do_not_retrain(quick):
     """A job's params hold only the config sections it reads."""
-    extra = write_config(quick, "evaluate: {samples: 3}\n")
+    extra = write_config(quick, "evaluate: {iwae_k: 7}\n")
     jobs = dry_run(tmp=quick, configfiles=["config/quick.yaml", extra])
     assert jobs["evaluate"] == len(QUICK["variants"]) * len(QUICK["seeds"])
     assert "train" not in jobs and "prepare" not in jobs and "download" not in jobs

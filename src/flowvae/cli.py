@@ -144,7 +144,8 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
     report.aggregate(
         [Path(p) for p in args.evals],
         Path(args.out),
-        benchmarks=[Path(p) for p in args.benchmarks],
+        train_benchmarks=[Path(p) for p in args.train_benchmarks],
+        eval_benchmarks=[Path(p) for p in args.eval_benchmarks],
         sweep=args.sweep,
         sweep_values=values,
     )
@@ -153,7 +154,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_summarize(args: argparse.Namespace) -> None:
     from flowvae import report
 
-    report.summarize(Path(args.metrics), Path(args.out), reference=args.reference)
+    report.summarize(Path(args.metrics), Path(args.out), args.reference, args.note)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
@@ -260,7 +261,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="One row per variant x seed (plus sweep columns) in a CSV.",
     )
     p.add_argument("--evals", nargs="+", required=True, help="metrics.json files")
-    p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    p.add_argument(
+        "--train-benchmarks",
+        nargs="*",
+        default=[],
+        help="Snakemake benchmark file of each run's training, in the order of --evals",
+    )
+    p.add_argument(
+        "--eval-benchmarks",
+        nargs="*",
+        default=[],
+        help="Snakemake benchmark file of each run's evaluation, in the order of --evals",
+    )
     p.add_argument(
         "--expect",
         nargs="+",
@@ -286,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference",
         default="standard",
         help="variant the others are compared with (the workflow passes config key `reference`)",
+    )
+    p.add_argument(
+        "--note", action="append", default=[], help="a sentence for the summary (repeatable)"
     )
     p.add_argument("--out", required=True, help="output .md file")
     p.set_defaults(func=cmd_summarize)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 BATCH = 500
 ELBO_POINTS = 32  # scrambled Sobol points per replica of the per-image ELBO
 ELBO_REPLICAS = 8  # replicas per round (the standard error has ELBO_REPLICAS - 1 dof)
-ELBO_MAX_REPLICAS = 32
+ELBO_MAX_REPLICAS = 256  # the few images with a rough integrand get up to 8192 points
 CHECK_COLUMNS = ["image", "k", "iwae", "stderr", "log_px", "excess"]
 CHECK_TOL = 0.01  # nats: float32 round-off of a log-sum-exp over ~1e5 terms near -100
 ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO
@@ -159,6 +159,53 @@ def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False
         todo = (err > 0.8 * ELBO_TOL).nonzero()[:, 0]
     out = {k: v / count for k, v in sums.items()}
     out["neg_elbo_err"], out["replicas"] = err, count
+    return out
+
+
+STEP_IMAGES = 500  # test images of the step-doubling measurement (ODE families)
+
+
+@torch.no_grad()
+def step_doubling(model: VAE, x: torch.Tensor, log_px: torch.Tensor | None, seed: int) -> dict:
+    """How log q, the -ELBO and the IWAE-vs-log p(x) excess move when a family that solves an
+    ODE with a fixed step count (``exact_density`` False) uses twice the steps.
+
+    On the first STEP_IMAGES images: z ~ q (at the trained step count) and |log q_2S(z) -
+    log q_S(z)| (mean and max); the -ELBO by one rule of ELBO_POINTS Sobol points at S and 2S
+    (same points: the mean change); and with log p(x), the mean IWAE (K = 100) excess over
+    log p(x) at S and 2S (same draws).
+    """
+    post = model.posterior
+    steps = post.steps
+    x = x[:STEP_IMAGES]
+    mu, log_sigma, h = model.encode(x)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    z, log_q = post.sample(mu, log_sigma, h, 1, gen)
+    rule = base_points("sobol", ELBO_POINTS, seed)
+    out = {"steps": steps}
+    try:
+        elbo = elbo_rule(model, x, *rule)["neg_elbo"]
+        iwae = None if log_px is None else iwae_nll(model, x, 100, 16384, gen.manual_seed(seed))
+        post.steps = 2 * steps
+        log_q2 = post.log_prob(z, mu, log_sigma, h)
+        elbo2 = elbo_rule(model, x, *rule)["neg_elbo"]
+        iwae2 = None if log_px is None else iwae_nll(model, x, 100, 16384, gen.manual_seed(seed))
+    finally:
+        post.steps = steps
+    diff = (log_q2 - log_q).abs()
+    out.update(
+        {
+            "images": int(x.shape[0]),
+            "log_q_mean_abs_change": float(diff.mean()),
+            "log_q_max_abs_change": float(diff.max()),
+            "neg_elbo_change": float((elbo2 - elbo).mean()),
+        }
+    )
+    if log_px is not None:
+        lp = log_px[: x.shape[0]]
+        out["iwae_excess"] = float((-iwae - lp).mean())
+        out["iwae_excess_doubled"] = float((-iwae2 - lp).mean())
+    log.info("step doubling %d -> %d: %s", steps, 2 * steps, out)
     return out
 
 
@@ -338,6 +385,16 @@ def evaluate(
     t1 = time.process_time()
     pics = pictures(model, x, gen)
     seconds["pictures"] = time.process_time() - t1
+    doubling = None
+    if not model.posterior.exact_density:
+        t1 = time.process_time()
+        doubling = step_doubling(
+            model,
+            x,
+            None if exact is None else -torch.as_tensor(exact, device=x.device, dtype=x.dtype),
+            ecfg["seed"],
+        )
+        seconds["step_doubling"] = time.process_time() - t1
     eval_seconds = time.process_time() - t0
     wall_seconds = time.perf_counter() - wall0
 
@@ -388,6 +445,7 @@ def evaluate(
         "quadrature": {k: v for k, v in grid_info.items() if k != "grids"},
         "iwae_check": iwae_check,
         "checks": checks,
+        **({"step_doubling": doubling} if doubling else {}),
         **{
             k: summary[k]
             for k in (

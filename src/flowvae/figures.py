@@ -724,8 +724,8 @@ _ALL = (
         "test_loss",
         test_loss,
         (("table", "all_seeds"),),
-        'Test loss (negative ELBO with {{ snakemake.config["evaluate"]["samples"] }} samples per'
-        " image, nats, lower is better) of every variant: one point per seed, and mean and "
+        "Test loss (negative ELBO per image, by randomized quasi-Monte Carlo to a stated standard"
+        " error, nats, lower is better) of every variant: one point per seed, and mean and "
         'standard deviation over the seeds {{ snakemake.config["seeds"] | join(", ") }}.',
         "Losses",
     ),

@@ -30,7 +30,6 @@ METRIC_KEYS = (
     "final_val_loss",
 )  # fmt: skip
 SWEEP_KEYS = ("sweep", "sweep_value")
-BENCHMARK_STAGES = {"train": "train", "evaluate": "eval"}
 SUMMARY_COLUMNS = {
     "test_neg_elbo": "test loss (-ELBO, nats)",
     "test_rec": "reconstruction (nats)",
@@ -77,26 +76,6 @@ def _read_metrics(path: Path) -> dict:
     return row
 
 
-def _benchmark_key(path: Path) -> tuple[str, str, int, tuple[str, ...]]:
-    """(stage, variant, seed, folders above) from '.../{stage}/{variant}/seed{n}.tsv'."""
-    parts = Path(path).parts
-    name = parts[-1] if parts else ""
-    if (
-        len(parts) < 3
-        or parts[-3] not in BENCHMARK_STAGES
-        or not name.startswith("seed")
-        or not name.endswith(".tsv")
-        or not name[4:-4].isdigit()
-    ):
-        raise FlowvaeError(
-            f"benchmark file {path} does not end in train|evaluate/{{variant}}/seed{{seed}}.tsv"
-        )
-    prefix = tuple(parts[:-3])
-    if prefix and prefix[-1] == "benchmarks":
-        prefix = prefix[:-1]
-    return parts[-3], parts[-2], int(name[4:-4]), prefix
-
-
 def _read_benchmark(path: Path) -> tuple[float, float]:
     """(wall seconds, max RSS in MB) of a Snakemake benchmark TSV (mean / max over its rows)."""
     try:
@@ -112,48 +91,18 @@ def _read_benchmark(path: Path) -> tuple[float, float]:
     return float(seconds), float(rss)
 
 
-def _common_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
-    """Number of trailing path components two folder prefixes share."""
-    n = 0
-    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
-        n += 1
-    return n
-
-
-def _match_benchmarks(rows: list[dict], eval_paths: list[Path], benchmarks: Sequence[Path]) -> None:
-    """Add train_benchmark_s, eval_benchmark_s and train_max_rss_mb to each row in place.
-
-    A benchmark matches a row by stage, variant and seed; when several do (sweeps), the one
-    whose folder shares the longest tail with the metrics file's folder (above eval/) wins.
-    """
-    keyed = [(_benchmark_key(p), p) for p in benchmarks]
-    used = set()
-    for row, path in zip(rows, eval_paths, strict=True):
-        eval_prefix = tuple(Path(path).parts[:-4])
-        for stage, column in BENCHMARK_STAGES.items():
-            candidates = [
-                (_common_tail(key[3], eval_prefix), p)
-                for key, p in keyed
-                if key[:3] == (stage, str(row["variant"]), int(row["seed"]))
-            ]
-            row[f"{column}_benchmark_s"] = math.nan
-            if stage == "train":
-                row["train_max_rss_mb"] = math.nan
-            if not candidates:
-                log.warning("no %s benchmark for %s", stage, path)
-                continue
-            best = max(score for score, _ in candidates)
-            chosen = [p for score, p in candidates if score == best]
-            if len(chosen) > 1:
-                names = ", ".join(map(str, chosen))
-                raise FlowvaeError(f"benchmark files {names} all match {path}; cannot choose")
-            seconds, rss = _read_benchmark(chosen[0])
-            used.add(chosen[0])
-            row[f"{column}_benchmark_s"] = seconds
-            if stage == "train":
-                row["train_max_rss_mb"] = rss
-    for p in set(benchmarks) - used:
-        log.warning("benchmark file %s matches no metrics file", p)
+def _add_benchmarks(rows: list[dict], train: Sequence[Path], evaluate: Sequence[Path]) -> None:
+    """Add train_benchmark_s, train_max_rss_mb and eval_benchmark_s to each row in place; the
+    benchmark files come in the order of the rows (the workflow lists all three from
+    flowvae.study's runs)."""
+    for name, files in (("train", train), ("evaluate", evaluate)):
+        if files and len(files) != len(rows):
+            raise FlowvaeError(f"{len(rows)} metrics files but {len(files)} {name} benchmarks")
+    for i, row in enumerate(rows):
+        if train:
+            row["train_benchmark_s"], row["train_max_rss_mb"] = _read_benchmark(train[i])
+        if evaluate:
+            row["eval_benchmark_s"] = _read_benchmark(evaluate[i])[0]
 
 
 def _sort_value(value) -> tuple:
@@ -190,7 +139,8 @@ def check_evaluations(evals: list[Path], expected: list[Path]) -> None:
 def aggregate(
     eval_paths: list[Path],
     out: Path,
-    benchmarks: Sequence[Path] = (),
+    train_benchmarks: Sequence[Path] = (),
+    eval_benchmarks: Sequence[Path] = (),
     sweep: str | None = None,
     sweep_values: Sequence | None = None,
 ) -> pd.DataFrame:
@@ -206,8 +156,7 @@ def aggregate(
             raise FlowvaeError("aggregate --sweep needs one --sweep-values entry per metrics file")
         for row, value in zip(rows, sweep_values, strict=True):
             row["sweep"], row["sweep_value"] = sweep, value
-    if benchmarks:
-        _match_benchmarks(rows, [Path(p) for p in eval_paths], [Path(p) for p in benchmarks])
+    _add_benchmarks(rows, [Path(p) for p in train_benchmarks], [Path(p) for p in eval_benchmarks])
     order = sorted(
         range(len(rows)),
         key=lambda i: tuple(_sort_value(rows[i].get(k)) for k in (*SWEEP_KEYS, "variant", "seed")),
@@ -454,11 +403,24 @@ def _failure_list(failed: pd.DataFrame) -> str:
     )
 
 
-def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
+def failed_checks(summary: Path) -> list[str]:
+    """The summary's sentence naming its failed checks ([] when every check passes), for the
+    end of a Snakemake run."""
+    try:
+        text = Path(summary).read_text()
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if " checks FAIL: " in line]
+
+
+def summarize(
+    metrics_csv: Path, out: Path, reference: str = "standard", notes: Sequence[str] = ()
+) -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
     Starts with the table of every check of every run; each failed check is also logged as a
-    warning at the end (stderr, hence the rule's log).
+    warning at the end (stderr, hence the rule's log). ``notes`` (e.g. which steps a latent
+    size other than 2 leaves out) follow the source line.
     """
     try:
         df = pd.read_csv(metrics_csv)
@@ -469,6 +431,7 @@ def summarize(metrics_csv: Path, out: Path, reference: str = "standard") -> str:
         raise FlowvaeError(f"metrics table {metrics_csv} lacks rows or the columns {missing}")
     df["variant"] = df["variant"].astype(str)
     lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
+    lines += [*(f"Note: {n}" for n in notes), ""] if notes else []
     checks = check_table(df)
     lines += ["## Checks", ""] + _check_lines(checks) + [""]
     if "sweep" in df and df["sweep"].notna().any():

@@ -268,6 +268,13 @@ class Study:
             lines.append(self.not_2d_note())
         return lines
 
+    def summary_notes(self) -> list[str]:
+        """What the summary says this run leaves out, and why."""
+        notes = [] if self.latent_2d else [self.not_2d_note().removeprefix("flowvae: ")]
+        if self.reference is None:
+            notes.append(f"the reference variant {self.cfg['reference']} is not run")
+        return notes
+
     def not_2d_note(self) -> str:
         return (
             f"flowvae: latent_dim {self.cfg['model']['latent_dim']} != 2: exact quadrature, "

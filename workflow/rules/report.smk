@@ -7,8 +7,8 @@ rule aggregate:
     input:
         evals=STUDY.run_files("metrics"),
         settings=STUDY.run_files("evaluate_settings"),
-        benchmarks=STUDY.run_files("train_benchmark")
-        + STUDY.run_files("evaluate_benchmark"),
+        train_benchmarks=STUDY.run_files("train_benchmark"),
+        eval_benchmarks=STUDY.run_files("evaluate_benchmark"),
         code=CODE["report"],
     output:
         metrics=report(
@@ -23,7 +23,8 @@ rule aggregate:
         ENV
     shell:
         "python -m flowvae aggregate --evals {input.evals:q} --expect {input.settings:q}"
-        " --benchmarks {input.benchmarks:q} --out {output.metrics:q} > {log:q} 2>&1"
+        " --train-benchmarks {input.train_benchmarks:q}"
+        " --eval-benchmarks {input.eval_benchmarks:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
 # Mean and sd per variant, paired differences with the reference variant, and the claim.
@@ -44,6 +45,8 @@ rule summary:
         ENV
     params:
         reference=config["reference"],
+        notes=" ".join(f"--note {shlex.quote(n)}" for n in STUDY.summary_notes()),
     shell:
         "python -m flowvae summarize --metrics {input.metrics:q}"
-        " --reference {params.reference:q} --out {output.summary:q} > {log:q} 2>&1"
+        " --reference {params.reference:q} {params.notes} --out {output.summary:q}"
+        " > {log:q} 2>&1"

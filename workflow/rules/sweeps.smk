@@ -54,7 +54,7 @@ rule aggregate_sweep:
     input:
         evals=sweep_files("metrics"),
         settings=sweep_files("evaluate_settings"),
-        benchmarks=sweep_files("train_benchmark"),
+        train_benchmarks=sweep_files("train_benchmark"),
         eval_benchmarks=sweep_files("evaluate_benchmark"),
         code=CODE["report"],
     output:
@@ -73,7 +73,8 @@ rule aggregate_sweep:
         values=sweep_value_args,
     shell:
         "python -m flowvae aggregate --evals {input.evals:q} --expect {input.settings:q}"
-        " --benchmarks {input.benchmarks:q} {input.eval_benchmarks:q}"
+        " --train-benchmarks {input.train_benchmarks:q}"
+        " --eval-benchmarks {input.eval_benchmarks:q}"
         " --sweep {wildcards.sweep:q} --sweep-values {params.values:q}"
         " --out {output.metrics:q} > {log:q} 2>&1"
 
