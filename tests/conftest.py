@@ -112,6 +112,18 @@ def quick_metrics(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- tiny models
 
 
+@pytest.fixture
+def float64():
+    """Double precision for a test module's property checks (restored afterwards); use it with
+    ``pytestmark = pytest.mark.usefixtures("float64")``."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 # Small sizes for the settings a family declares (by the shared names); the rest keep defaults.
 SMALL = {"context_dim": 8, "hidden": 16, "width": 16, "context_width": 16, "projection": 4}
 SMALL_STEPS = 2  # IAF steps, ODE steps

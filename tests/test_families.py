@@ -30,13 +30,7 @@ FAMILIES = sorted(posteriors.families())
 _CACHE: dict = {}
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Double precision for these checks only (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # see conftest.py
 
 
 def settings(name: str, **extra) -> dict:

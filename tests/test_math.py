@@ -38,13 +38,7 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Double precision for these checks only (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # see conftest.py
 
 
 @torch.no_grad()

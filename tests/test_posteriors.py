@@ -17,13 +17,7 @@ from flowvae.posteriors.base import gaussian_log_prob
 CTX = 6
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Double precision for these checks only (restored afterwards)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # see conftest.py
 
 
 def make(family: str, d: int, seed: int = 0):

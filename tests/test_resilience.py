@@ -153,12 +153,13 @@ def test_killed_training_resumes_to_the_same_bits(uninterrupted, tmp_path, crash
         assert "Error in rule train" in killed, killed[-4000:]
 
     # Nothing of the killed run passes for a finished one: no output, only the checkpoint (and
-    # perhaps the temporary file of a checkpoint being written, which has another name).
+    # perhaps the temporary file of a checkpoint being written, which has another name), and
+    # the run lock's file (the kernel dropped the lock itself with the process).
     for name in ("model", "history", "summary", "metrics"):
         assert not paths[name].exists(), name
     left = sorted(p.name for p in paths["run"].iterdir())
     assert "checkpoint.pt" in left
-    assert all(n == "checkpoint.pt" or re.fullmatch(r"\..+\.tmp", n) for n in left), left
+    assert all(n in ("checkpoint.pt", ".lock") or re.fullmatch(r"\..+\.tmp", n) for n in left), left
     epoch = torch.load(paths["checkpoint"], weights_only=False)["epoch"]
     assert 1 <= epoch < EPOCHS
 

@@ -155,14 +155,17 @@ def bounded_log_marginal(
     ring = ring or max(spacing, round(extent / 4 / spacing) * spacing)
     kw, h2 = {"device": x.device, "dtype": x.dtype, "center": center}, 2 * math.log(spacing)
     mid = _lattice_log_sum(model, x, *lattice(extent, spacing, **kw), h2)
-    a = mid["log_sum"]
     a2 = _lattice_log_sum(model, x, *lattice(extent, spacing, "trapezoid", **kw), h2)["log_sum"]
     r = _lattice_log_sum(model, x, *lattice(extent + ring, spacing, inner=extent, **kw), h2)
-    r = r["log_sum"]
-    inner = torch.logaddexp(a, a2) - math.log(2)
-    log_px = torch.logaddexp(inner, r)
-    spacing_err = (a - a2).abs()
-    extent_err = log_px - inner
+    return _bound(mid, a2, r["log_sum"])
+
+
+def _bound(mid: dict, trapezoid: torch.Tensor, ring: torch.Tensor) -> dict[str, torch.Tensor]:
+    """log p(x) = log((A + A') / 2 + R) and its spacing and extent errors (bounded_log_marginal)
+    from the midpoint sums (with n_eff and moments), the trapezoid sums and the ring sums."""
+    inner = torch.logaddexp(mid["log_sum"], trapezoid) - math.log(2)
+    log_px = torch.logaddexp(inner, ring)
+    spacing_err, extent_err = (mid["log_sum"] - trapezoid).abs(), log_px - inner
     return {
         "log_px": log_px,
         "spacing_err": spacing_err,
@@ -210,18 +213,7 @@ def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:
     mid = _window_sums(model, x, center, step, n, "midpoint")
     trap = _window_sums(model, x, center, step, n, "trapezoid")["log_sum"]
     ring = _window_sums(model, x, center, step, n + max(1, n // 4), "midpoint", inner=n)
-    inner = torch.logaddexp(mid["log_sum"], trap) - math.log(2)
-    log_px = torch.logaddexp(inner, ring["log_sum"])
-    spacing_err, extent_err = (mid["log_sum"] - trap).abs(), log_px - inner
-    return {
-        "log_px": log_px,
-        "spacing_err": spacing_err,
-        "extent_err": extent_err,
-        "bound": spacing_err + extent_err,
-        "n_eff": mid["n_eff"],
-        "mean": mid["mean"],
-        "sd": mid["sd"],
-    }
+    return _bound(mid, trap, ring["log_sum"])
 
 
 @torch.no_grad()
