@@ -39,20 +39,22 @@ QUAD_TOL = 0.01  # nats: largest per-image quadrature bound on log p(x)
 GAP_TRIM = 0.05  # fraction cut from each end for the trimmed mean gap
 
 
-def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32):
-    """Points eps (M, 2) and weights (M,) for E_{eps ~ N(0, I)}[f(eps)] ~= sum_m w_m f(eps_m).
+def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32, dim: int = 2):
+    """Points eps (M, dim) and weights (M,) for E_{eps ~ N(0, I)}[f(eps)] ~= sum_m w_m f(eps_m).
 
-    "gh": the n x n product Gauss-Hermite rule (probabilists' nodes; M = n^2).
+    "gh": the n x n product Gauss-Hermite rule (probabilists' nodes; M = n^2; dim 2 only).
     "sobol": n scrambled Sobol points (seed = the scrambling) mapped by the normal inverse CDF,
     equal weights: one randomized quasi-Monte Carlo replica, unbiased for every f.
     """
     if rule == "gh":
+        if dim != 2:
+            raise ValueError("the Gauss-Hermite rule here is 2-D only")
         t, w = np.polynomial.hermite_e.hermegauss(n)
         t, w = torch.as_tensor(t, dtype=dtype), torch.as_tensor(w / w.sum(), dtype=dtype)
         e2, e1 = torch.meshgrid(t, t, indexing="ij")
         eps = torch.stack([e1.reshape(-1), e2.reshape(-1)], -1)
         return eps, (w[:, None] * w[None, :]).reshape(-1)
-    engine = torch.quasirandom.SobolEngine(2, scramble=True, seed=seed)
+    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
     u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     eps = (math.sqrt(2) * torch.erfinv(2 * u - 1)).to(dtype)
     return eps, torch.full((n,), 1.0 / n, dtype=dtype)
@@ -96,7 +98,7 @@ def rqmc_elbo(
     standard deviation / sqrt(replicas) (a standard error with replicas - 1 degrees of freedom).
     """
     reps = [
-        elbo_rule(model, x, *base_points("sobol", points, seed + r, x.dtype))
+        elbo_rule(model, x, *base_points("sobol", points, seed + r, x.dtype, model.latent_dim))
         for r in range(replicas)
     ]
     out = {k: torch.stack([r[k] for r in reps]).mean(0) for k in reps[0]}
@@ -147,7 +149,8 @@ def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False
         for i in tqdm(range(0, todo.numel(), BATCH), desc="ELBO", disable=not progress):
             idx = todo[i : i + BATCH]
             for r in range(r0, r0 + ELBO_REPLICAS):
-                terms = elbo_rule(model, x[idx], *base_points("sobol", ELBO_POINTS, seed + r))
+                rule = base_points("sobol", ELBO_POINTS, seed + r, dim=model.latent_dim)
+                terms = elbo_rule(model, x[idx], *rule)
                 for k, v in terms.items():
                     sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v)
                 sq.index_add_(0, idx, terms["neg_elbo"] ** 2)
@@ -181,7 +184,7 @@ def step_doubling(model: VAE, x: torch.Tensor, log_px: torch.Tensor | None, seed
     mu, log_sigma, h = model.encode(x)
     gen = torch.Generator(device=x.device).manual_seed(seed)
     z, log_q = post.sample(mu, log_sigma, h, 1, gen)
-    rule = base_points("sobol", ELBO_POINTS, seed)
+    rule = base_points("sobol", ELBO_POINTS, seed, dim=model.latent_dim)
     out = {"steps": steps}
     try:
         elbo = elbo_rule(model, x, *rule)["neg_elbo"]
