@@ -56,8 +56,10 @@ def _cfg(args: argparse.Namespace) -> dict:
 def _record_settings(args: argparse.Namespace, folder: Path) -> None:
     """Copy the settings file into the finished job's folder as settings.json, its record of
     what it was made with (flowvae.study compares it with the current settings)."""
+    from flowvae.study import RECORD
+
     if args.settings_file:
-        io.write_text(folder / "settings.json", Path(args.settings_file).read_text())
+        io.write_text(folder / RECORD, Path(args.settings_file).read_text())
 
 
 def _check_model(model: str, cfg: dict) -> None:

@@ -117,19 +117,13 @@ def _sort_value(value) -> tuple:
 def check_evaluations(evals: list[Path], expected: list[Path]) -> None:
     """Stop (StaleRunError) when an evaluation's recorded settings (settings.json beside its
     metrics.json) differ from the settings file the workflow expects for it."""
-    from flowvae.train import settings_difference
+    from flowvae.study import record_difference
 
     if len(evals) != len(expected):
         raise FlowvaeError(f"{len(evals)} evaluations but {len(expected)} settings files")
     for metrics, settings in zip(evals, expected, strict=True):
-        recorded = metrics.parent / "settings.json"
-        try:
-            made = json.loads(recorded.read_text())
-        except (OSError, ValueError):
-            made = None
-        wanted = json.loads(settings.read_text())
-        if made != wanted:
-            keys = "no record" if made is None else ", ".join(settings_difference(made, wanted))
+        keys = record_difference(metrics.parent, json.loads(settings.read_text()))
+        if keys:
             raise StaleRunError(
                 f"{metrics.parent} was evaluated with other settings than the current config "
                 f"({keys}); run the pipeline again (it rebuilds it), or delete that folder"

@@ -154,6 +154,22 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+RECORD = "settings.json"  # a finished job's copy of its settings file, beside its outputs
+
+
+def record_difference(folder: Path, settings: dict) -> str | None:
+    """None when the job that wrote ``folder`` recorded exactly ``settings``; else "no record"
+    or the dotted keys that differ ("train.lr, train.epochs")."""
+    made = _read_json(folder / RECORD)
+    if made == json.loads(json.dumps(settings)):
+        return None
+    if made is None:
+        return "no record"
+    from flowvae.train import settings_difference
+
+    return ", ".join(settings_difference(made, settings))
+
+
 def _sync(path: Path, settings: dict, done: Path) -> str | None:
     """Bring the settings file ``path`` of the job whose output is ``done`` up to date.
 
@@ -166,15 +182,13 @@ def _sync(path: Path, settings: dict, done: Path) -> str | None:
     changed = _write_if_changed(path, settings)
     if not done.exists():
         return None
-    record = done.parent / "settings.json"
-    made = _read_json(record)
-    if made != json.loads(json.dumps(settings)):
+    difference = record_difference(done.parent, settings)
+    if difference == "no record":
         os.utime(path)
-        if made is None:
-            return "has no record of its settings"
-        from flowvae.train import settings_difference
-
-        return f"was made with other settings ({', '.join(settings_difference(made, settings))})"
+        return "has no record of its settings"
+    if difference:
+        os.utime(path)
+        return f"was made with other settings ({difference})"
     if changed:
         os.utime(path, (DATED_BACK, DATED_BACK))
     return None
