@@ -3,8 +3,8 @@
 For every variant of the config this measures:
 
 1. one training epoch (images/s and seconds): the trainer's own ``flowvae.train.train_epoch``
-   (shuffled batches, ``elbo_terms`` with ``train.samples``, backward, ``clip_grad_norm_``,
-   Adam step) on random binary images held in memory; the median of ``--repeats`` epochs
+   (shuffled batches, ``elbo_terms`` with ``train.samples``, backward, gradient clipping,
+   fused Adam step) on random binary images held in memory; the median of ``--repeats`` epochs
    after a shorter warm-up epoch. The trainer's per-epoch dynamic binarization and
    validation pass are left out;
 2. the ratio of that epoch time to the standard (Gaussian) variant's;
@@ -14,7 +14,8 @@ For every variant of the config this measures:
    and of a 2048^3 product (the machine's peak).
 
 It ends with a table and a check of the targets on a 2-core CPU: IAF <= 1.5x and PCP-Map <= 2.5x
-the standard epoch time, standard within 2x its FLOP floor (a MISS is reported, not an error).
+the standard epoch time; the standard epoch within 1.5x its FLOP floor, IAF and PCP-Map within
+2x theirs (a MISS is reported, not an error).
 
     .venv/bin/python benchmarks/epoch_throughput.py                  # study config, all cores
     .venv/bin/python benchmarks/epoch_throughput.py --threads 2 --json epoch.json
@@ -45,7 +46,8 @@ from flowvae.vae import DATA_DIM
 REPO = Path(__file__).resolve().parents[1]
 # family -> max epoch time relative to the Gaussian (COT-Flow: at most 2x PCP-Map's target)
 TARGETS = {"iaf": 1.5, "pcpmap": 2.5, "cotflow": 5.0}
-FLOOR_TARGET = 2.0  # the Gaussian epoch within this factor of its (representative) FLOP floor
+# family -> max epoch time relative to its own FLOP floor at the layer-GEMM rate
+FLOOR_TARGETS = {"gaussian": 1.5, "iaf": 2.0, "pcpmap": 2.0}
 COLUMNS = {  # column -> format of the final table
     "family": "{}",
     "params": "{:,}",
@@ -262,8 +264,15 @@ def main() -> None:
         for r in rows
         if r["family"] in TARGETS
     ]
-    floor = by_name[baseline]["over_floor"]
-    checks.append((f"{baseline} epoch <= {FLOOR_TARGET}x its FLOP floor", floor, FLOOR_TARGET))
+    checks += [
+        (
+            f"{r['variant']} epoch <= {FLOOR_TARGETS[r['family']]}x its FLOP floor",
+            r["over_floor"],
+            FLOOR_TARGETS[r["family"]],
+        )
+        for r in rows
+        if r["family"] in FLOOR_TARGETS
+    ]
     note = "" if args.threads == 2 else f" (set for 2 threads; this run used {args.threads})"
     print(f"\ntargets on a 2-core CPU{note}:")
     targets = []

@@ -78,6 +78,23 @@ def test_nan_loss_stops_naming_epoch_and_batch(prepared, tmp_path):
     assert not (tmp_path / "nan" / "model.pt").exists()
 
 
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipped, and left alone
+def test_clip_gradients_equals_torch_clip_grad_norm(max_norm):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    net(torch.randn(11, 7)).pow(2).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    train.clip_gradients(list(net.parameters()), max_norm)
+    ours = [p.grad.clone() for p in net.parameters()]
+    for p, g in zip(net.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
+    assert all(torch.equal(a, p.grad) for a, p in zip(ours, net.parameters(), strict=True))
+    before = float(torch.cat([g.flatten() for g in grads]).norm())
+    after = float(torch.cat([g.flatten() for g in ours]).norm())
+    assert after == pytest.approx(min(max_norm, before), rel=1e-5)
+
+
 def test_learning_rate_schedule_and_warmup():
     tcfg = {"schedule": "cosine", "lr": 1e-3, "lr_min": 1e-5, "epochs": 10, "kl_warmup_epochs": 4}
     assert train.learning_rate(tcfg, 0) == pytest.approx(1e-3)

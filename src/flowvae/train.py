@@ -97,13 +97,30 @@ def _check_writable(out_dir: Path) -> None:
 
 
 def make_optimizer(model: VAE, tcfg: dict) -> torch.optim.Adam:
-    """Adam with the config's betas and weight decay; the lr is set per epoch by the schedule."""
+    """Adam with the config's betas and weight decay; the lr is set per epoch by the schedule.
+
+    The fused kernel updates every parameter in one pass (on the CPU and on CUDA): 10-20% of
+    a training step less than the per-tensor loop (benchmarks/epoch_throughput.py).
+    """
     return torch.optim.Adam(
         model.parameters(),
         lr=tcfg["lr"],
         betas=tuple(tcfg["betas"]),
         weight_decay=tcfg["weight_decay"],
+        fused=True,
     )
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> None:
+    """g <- g * min(1, max_norm / (||g||_2 + 1e-6)) over all gradients together.
+
+    The same numbers as ``torch.nn.utils.clip_grad_norm_``; the pass that multiplies by 1 is
+    left out when the norm is below ``max_norm`` (almost every step).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+    if max_norm / (norm + 1e-6) < 1:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
 
 
 @dataclass
@@ -172,29 +189,37 @@ def train_epoch(
     state: TrainState, x: torch.Tensor, tcfg: dict, beta: float, label: str = ""
 ) -> float:
     """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg); returns the
-    mean negative ELBO over the epoch's images."""
+    mean negative ELBO over the epoch's images.
+
+    Losses stay on the device until the epoch ends (no host synchronisation per step); a
+    non-finite loss is then reported with its batch.
+    """
     n, bs = x.shape[0], tcfg["batch_size"]
     order = torch.randperm(n, generator=state.data_gen).to(x.device)
     params = list(state.model.parameters())
-    total = 0.0
-    for b in range(math.ceil(n / bs)):
+    n_batches = math.ceil(n / bs)
+    losses = torch.empty(n_batches, device=x.device)
+    neg_elbo_sum = torch.zeros((), device=x.device)
+    for b in range(n_batches):
         terms = elbo_terms(
             state.model, x[order[b * bs : (b + 1) * bs]], tcfg["samples"], beta, state.noise_gen
         )
         loss = terms["loss"].mean()
-        if not torch.isfinite(loss):
-            lr = state.optimizer.param_groups[0]["lr"]
-            raise TrainingError(
-                f"{label}: loss is {loss.item()} at epoch {state.epoch + 1}, batch "
-                f"{b + 1} (lr {lr:g}); lower train.lr or set train.grad_clip"
-            )
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+            clip_gradients(params, tcfg["grad_clip"])
         state.optimizer.step()
-        total += terms["neg_elbo"].detach().sum().item()
-    return total / n
+        losses[b] = loss.detach()
+        neg_elbo_sum += terms["neg_elbo"].detach().sum()
+    if not bool(torch.isfinite(losses).all()):
+        b = int(torch.nonzero(~torch.isfinite(losses))[0])
+        lr = state.optimizer.param_groups[0]["lr"]
+        raise TrainingError(
+            f"{label}: loss is {losses[b].item()} at epoch {state.epoch + 1}, batch "
+            f"{b + 1} (lr {lr:g}); lower train.lr or set train.grad_clip"
+        )
+    return neg_elbo_sum.item() / n
 
 
 def write_outputs(
