@@ -43,6 +43,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/sweeps.smk"
+include: "workflow/rules/tuning.smk"
 
 
 # A failed check of the evaluation (results/summary.md) is the last thing a run prints.

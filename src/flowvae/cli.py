@@ -156,7 +156,30 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_summarize(args: argparse.Namespace) -> None:
     from flowvae import report
 
-    report.summarize(Path(args.metrics), Path(args.out), args.reference, args.note)
+    selection = Path(args.selection) if args.selection else None
+    cfg = _cfg(args) if selection else None
+    report.summarize(Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg)
+
+
+def cmd_select(args: argparse.Namespace) -> None:
+    from flowvae import selection
+
+    chosen = selection.from_plan(Path(args.plan))
+    io.write_csv(chosen, Path(args.out))
+    for row in chosen[chosen["selected"]].itertuples():
+        log.info(
+            "%s: selected %s (validation -ELBO %.3f)", row.variant, row.candidate, row.mean_val_loss
+        )
+
+
+def cmd_adopt(args: argparse.Namespace) -> None:
+    from flowvae import selection
+
+    changed = selection.adopt(Path(args.config_file), selection.read(Path(args.selection)))
+    print(
+        f"{args.config_file}: selected settings written"
+        + (f"; changed: {', '.join(changed)}" if changed else "; nothing changed")
+    )
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
@@ -304,8 +327,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--note", action="append", default=[], help="a sentence for the summary (repeatable)"
     )
+    p.add_argument(
+        "--selection",
+        default=None,
+        help="selection.csv of the tuning stage: adds the protocol, the selected settings and "
+        "whether the config (give it with --config/--settings) carries them",
+    )
     p.add_argument("--out", required=True, help="output .md file")
+    _add_config_args(p)
     p.set_defaults(func=cmd_summarize)
+
+    p = sub.add_parser(
+        "select",
+        help="the tuning stage's selection table",
+        description="Read every tuning run of the plan (results/settings/tuning_plan.json, "
+        "written by the workflow), rank each variant's candidates by the plan's rule on the "
+        "validation loss and write one row per candidate, the selected one marked.",
+    )
+    p.add_argument("--plan", required=True, help="tuning plan JSON (flowvae.study)")
+    p.add_argument("--out", required=True, help="output CSV (results/selection.csv)")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser(
+        "adopt",
+        help="write the selected settings into the config file",
+        description="Replace the block of selected settings (the `variants` section between "
+        "its marker lines) in CONFIG_FILE with each variant's selected candidate from the "
+        "selection table; `snakemake` then runs the final comparison at those settings.",
+    )
+    p.add_argument("--selection", default="results/selection.csv", help="%(default)s")
+    p.add_argument("--config-file", default="config/config.yaml", help="%(default)s")
+    p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser(
         "figure",

@@ -59,7 +59,21 @@ def validate(cfg: dict) -> dict:
         raise ConfigError(f"config key '{_key_of(err)}': {err.message}")
     from flowvae.posteriors import validate_variants  # the families' own schemas (imports torch)
 
+    own_train = {v: entry.pop("train") for v, entry in cfg["variants"].items() if "train" in entry}
     cfg["variants"] = validate_variants(cfg["variants"])
+    train_schema = {**schema["properties"]["train"], "default": None}
+    for variant, overrides in own_train.items():
+        where = f"variants.{variant}.train"
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"config key '{where}': must be a mapping of train.* keys")
+        check = jsonschema.Draft202012Validator(train_schema)
+        errors = sorted(
+            check.iter_errors({**cfg["train"], **overrides}), key=lambda e: list(e.absolute_path)
+        )
+        if errors:
+            key = _key_of(errors[0])
+            raise ConfigError(f"config key '{where}.{key}': {errors[0].message}")
+        cfg["variants"][variant]["train"] = overrides
     return cfg
 
 
@@ -136,8 +150,20 @@ def _merge(base: dict, new: dict) -> None:
 
 
 def variant_settings(cfg: dict, variant: str) -> dict:
-    """The posterior family and its settings for ``variant``; raise ConfigError if unknown."""
+    """The posterior family and its settings for ``variant`` (not its own training settings);
+    raise ConfigError if unknown."""
     if variant not in cfg["variants"]:
         known = ", ".join(sorted(cfg["variants"]))
         raise ConfigError(f"config key 'variants': unknown variant '{variant}' (known: {known})")
-    return dict(cfg["variants"][variant])
+    return {k: v for k, v in cfg["variants"][variant].items() if k != "train"}
+
+
+def train_settings(cfg: dict, variant: str) -> dict:
+    """``train`` with the variant's own overrides (``variants.<variant>.train``) on top.
+
+    >>> cfg = {"train": {"lr": 1e-3, "epochs": 40}, "variants": {"a": {"train": {"lr": 3e-3}}}}
+    >>> train_settings(cfg, "a")
+    {'lr': 0.003, 'epochs': 40}
+    """
+    variant_settings(cfg, variant)  # unknown variant: ConfigError
+    return {**cfg["train"], **cfg["variants"][variant].get("train", {})}

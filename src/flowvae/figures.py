@@ -587,6 +587,71 @@ def sweep(inputs: list[Path], cfg: dict):
     return fig
 
 
+def tuning(inputs: list[Path], cfg: dict):
+    """Validation loss against each tuned value, one line per variant: at each value the best
+    candidate with it (lowest mean over the tuning seeds), error bars its sd over the seeds."""
+    df = _read_csvs(inputs, "selection.csv", ("variant", "candidate", "mean_val_loss"))
+    seeds = [c for c in df.columns if c.startswith("val_loss_seed")]
+    skip = {"variant", "candidate", "mean_val_loss", "sd_val_loss", "n_seeds", "train_seconds"}
+    skip |= {"seconds_per_epoch", "overrides", "rank", "selected", *seeds}
+    keys = [c for c in df.columns if c not in skip and df[c].nunique() > 1]
+    if not keys:
+        raise FlowvaeError("selection.csv varies no setting: nothing to draw")
+    order = _order(df["variant"].unique(), cfg)
+    pal = _palette(order)
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols + 1.2, 3.8 * rows), squeeze=False, layout="constrained"
+    )
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for variant in order:
+            sub = df[(df["variant"] == variant) & df[key].notna()]
+            if sub[key].nunique() < 2:
+                continue
+            best = sub.loc[sub.groupby(key)["mean_val_loss"].idxmin()]
+            x = pd.to_numeric(best[key], errors="coerce")
+            x = x if x.notna().all() else best[key].astype(str)
+            ax.errorbar(
+                x,
+                best["mean_val_loss"],
+                yerr=best["sd_val_loss"].fillna(0),
+                color=pal[variant],
+                marker="o",
+                capsize=3,
+                label=variant,
+            )
+            chosen = best[best["selected"].astype(bool)]
+            if len(chosen):
+                cx = pd.to_numeric(chosen[key], errors="coerce")
+                cx = cx if cx.notna().all() else chosen[key].astype(str)
+                ax.scatter(
+                    cx,
+                    chosen["mean_val_loss"],
+                    s=160,
+                    facecolors="none",
+                    edgecolors=pal[variant],
+                    linewidths=1.5,
+                )
+        numeric = pd.to_numeric(df[key], errors="coerce").dropna()
+        if len(numeric) and numeric.min() > 0 and numeric.max() / numeric.min() >= 3:
+            ax.set_xscale("log")
+        values = sorted(numeric.unique())
+        if values:  # label exactly the tried values
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(xlabel=key, ylabel="validation -ELBO (nats)")
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        f"Tuning stage: best candidate at each value, mean ± sd over {len(seeds)} tuning "
+        "seed(s); ring = selected"
+    )
+    return fig
+
+
 def quadrature_check(inputs: list[Path], cfg: dict):
     """log p(x) (quadrature) minus the IWAE bound against K, per variant: it must shrink to ~0."""
     df = _read_csvs(inputs, "quadrature_check.csv files", ("variant", "k", "excess", "stderr"))
@@ -660,6 +725,7 @@ class Figure:
     latent_2d: bool = False  # needs the 2-D quadrature or contour grids
     per_variant: bool = False  # one figure NAME_<variant> per variant
     needs_reference: bool = False  # left out when the reference variant is not run
+    needs_tuning: bool = False  # only with a tuning stage (config key `tuning`)
 
 
 _SEED = 'seed {{ snakemake.config["seeds"][0] }}'
@@ -771,6 +837,20 @@ _ALL = (
         (("grid", "figure_seed"),),
         f"Decoder means at samples z from the prior N(0, I) for each variant, {_SEED}.",
         "Samples",
+    ),
+    Figure(
+        "tuning",
+        tuning,
+        (("selection", "all_seeds"),),
+        "Tuning stage of the hyperparameter study: the validation loss (negative ELBO on the "
+        "validation split, nats) against each tuned setting, one line per variant. At each "
+        "value the line shows the best candidate with that value (lowest mean over the tuning "
+        'seeds {{ snakemake.config["tuning"]["seeds"] | join(", ") }}), error bars its standard '
+        "deviation over those seeds; the ring marks the candidate selected "
+        '(``tuning.select``: {{ snakemake.config["tuning"]["select"] }}). The test set plays no '
+        "part in it.",
+        "Tuning",
+        needs_tuning=True,
     ),
     Figure(
         "sweep",

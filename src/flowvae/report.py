@@ -397,6 +397,9 @@ def _failure_list(failed: pd.DataFrame) -> str:
     )
 
 
+NOT_SELECTED = "The config does not carry the selected settings"
+
+
 def failed_checks(summary: Path) -> list[str]:
     """The summary's sentence naming its failed checks ([] when every check passes), for the
     end of a Snakemake run."""
@@ -404,11 +407,53 @@ def failed_checks(summary: Path) -> list[str]:
         text = Path(summary).read_text()
     except OSError:
         return []
-    return [line for line in text.splitlines() if " checks FAIL: " in line]
+    flagged = (" checks FAIL: ", NOT_SELECTED)
+    return [line for line in text.splitlines() if any(f in line for f in flagged)]
+
+
+def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
+    """The hyperparameter protocol in two sentences, the selected settings, and whether the
+    config (hence the final comparison) uses them."""
+    from flowvae import selection
+
+    table = selection.read(selection_csv)
+    chosen = table[table["selected"].astype(bool)]
+    per_variant = table.groupby("variant").size()
+    seeds = [c.removeprefix("val_loss_seed") for c in table if c.startswith("val_loss_seed")]
+    lines = [
+        f"Every variant trained the same number of candidate settings ({per_variant.iloc[0]}: "
+        "the shared learning rates and training lengths crossed with settings of its own "
+        f"knobs) on the tuning seed(s) {', '.join(seeds)}, and the one with the lowest mean "
+        "final validation -ELBO was selected; the test set played no part in it. The final "
+        f"comparison below trains each variant at its selected setting on the seeds "
+        f"{', '.join(map(str, cfg['seeds']))}, none of them a tuning seed, and evaluates the "
+        f"test set once (`{selection_csv}` holds every candidate).",
+        "",
+        "| variant | selected setting | validation -ELBO (mean over tuning seeds) |",
+        "|---|---|---:|",
+    ]
+    for row in chosen.itertuples():
+        lines.append(f"| {row.variant} | `{row.candidate}` | {row.mean_val_loss:.2f} |")
+    differs = selection.difference(cfg, table)
+    lines.append("")
+    if differs:
+        lines.append(
+            f"**{NOT_SELECTED}** ({', '.join(differs)} "
+            "differ): the results below are not the protocol's. Run `python -m flowvae adopt`, "
+            "then `snakemake` again."
+        )
+    else:
+        lines.append("The config carries these settings: the results below are the protocol's.")
+    return lines
 
 
 def summarize(
-    metrics_csv: Path, out: Path, reference: str = "standard", notes: Sequence[str] = ()
+    metrics_csv: Path,
+    out: Path,
+    reference: str = "standard",
+    notes: Sequence[str] = (),
+    selection_csv: Path | None = None,
+    cfg: dict | None = None,
 ) -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
@@ -426,6 +471,10 @@ def summarize(
     df["variant"] = df["variant"].astype(str)
     lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
     lines += [*(f"Note: {n}" for n in notes), ""] if notes else []
+    if selection_csv is not None:
+        if cfg is None:
+            raise FlowvaeError("the protocol section needs the config the runs were made with")
+        lines += ["## Hyperparameter protocol", ""] + protocol_lines(selection_csv, cfg) + [""]
     checks = check_table(df)
     lines += ["## Checks", ""] + _check_lines(checks) + [""]
     if "sweep" in df and df["sweep"].notna().any():

@@ -22,6 +22,7 @@ file touched, so the next run rebuilds it.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -57,6 +58,8 @@ STUDY_FILES = {
     "data_settings": "settings/data.json",
     "table": "metrics.csv",
     "summary": "summary.md",
+    "tuning_plan": "settings/tuning_plan.json",
+    "selection": "selection.csv",
 }
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -86,12 +89,13 @@ NOT_TRAINING = {
     "figures.py",
     "study.py",
     "lock.py",
+    "selection.py",
 }
 CODE = {
     "prepare": ("data.py", "mnist_files.py", "config.py", "io.py", "config.schema.yaml"),
     "train": ("**/*.py", "config.schema.yaml"),
     "evaluate": ("**/*.py", "config.schema.yaml"),
-    "report": ("report.py", "io.py"),
+    "report": ("report.py", "selection.py", "io.py"),
     "figures": ("figures.py", "io.py"),
 }
 CODE_EXCLUDE = {
@@ -209,6 +213,18 @@ class Sweep:
         return self.key.split(".")[0]
 
 
+@dataclass
+class Candidate:
+    """One candidate setting of one variant in the tuning stage: its folder name, the values
+    it sets (``labels``: short key -> value) and the config that trains it."""
+
+    variant: str
+    name: str
+    labels: dict[str, Any]
+    overrides: dict[str, Any]  # on top of the variant's entry: its settings and `train`
+    cfg: dict
+
+
 class Study:
     """The runs, targets and settings of one validated config."""
 
@@ -236,6 +252,11 @@ class Study:
         self.figure_seed = self.seeds[0]
         self.latent_2d = self.cfg["model"]["latent_dim"] == 2
         self.sweeps = {name: self._sweep(name, spec) for name, spec in self.cfg["sweeps"].items()}
+        tuning = self.cfg["tuning"] or {}
+        self.tuning_seeds = (
+            list(tuning.get("seeds", [])) if tuning.get("shared") or tuning.get("own") else []
+        )
+        self.candidates = self._candidates()
 
     # ------------------------------------------------------------------ checks
 
@@ -380,6 +401,24 @@ class Study:
                                 Path(self.run_file(done, v, s, root)),
                             )
                         )
+            if root == self.results and self.candidates:
+                plan = Path(self.study_file("tuning_plan"))
+                if (
+                    _write_if_changed(plan, self.tuning_plan())
+                    and Path(self.study_file("selection")).exists()
+                ):
+                    notes.append("flowvae: the tuning plan changed; the selection is redone")
+                for cands in self.candidates.values():
+                    for c in cands:
+                        for s in self.tuning_seeds:
+                            troot = self.tuning_root(c.name)
+                            jobs.append(
+                                (
+                                    Path(self.run_file("train_settings", c.variant, s, troot)),
+                                    self.stage_settings("train", c.variant, c.cfg),
+                                    Path(self.run_file("model", c.variant, s, troot)),
+                                )
+                            )
             for path, settings, done in jobs:
                 note = _sync(path, settings, done)
                 if note:
@@ -437,6 +476,112 @@ class Study:
             sweep.values[folder] = value
         return sweep
 
+    # ------------------------------------------------------------------ tuning
+
+    def tuning_root(self, candidate: str = "{candidate}") -> str:
+        """The results folder of one tuning candidate (the study's layout below it)."""
+        return self.path("tuning", candidate)
+
+    def tuning_runs(self, kind: str) -> list[str]:
+        """The file ``kind`` of every tuning run (variant, candidate, seed)."""
+        return [
+            self.run_file(kind, c.variant, s, self.tuning_root(c.name))
+            for cands in self.candidates.values()
+            for c in cands
+            for s in self.tuning_seeds
+        ]
+
+    def tuning_plan(self) -> dict:
+        """What the selection reads: the rule and, per candidate, its values and runs."""
+        return {
+            "rule": (self.cfg["tuning"] or {}).get("select", "lowest_mean_val_loss"),
+            "candidates": [
+                {
+                    "variant": c.variant,
+                    "candidate": c.name,
+                    "labels": c.labels,
+                    "overrides": c.overrides,
+                    "runs": [
+                        {
+                            "seed": s,
+                            "summary": self.run_file("train_summary", c.variant, s, root),
+                            "settings": self.run_file("train_settings", c.variant, s, root),
+                        }
+                        for s in self.tuning_seeds
+                    ],
+                }
+                for cands in self.candidates.values()
+                for c in cands
+                for root in [self.tuning_root(c.name)]
+            ],
+        }
+
+    def tuning_targets(self) -> list[str]:
+        """The tuning stage's outputs (`snakemake tuning`): the selection table and figure."""
+        if not self.candidates:
+            return []
+        return [self.study_file("selection")] + [
+            self.figure_file("tuning", ext) for ext in ("png", "pdf")
+        ]
+
+    def candidate(self, variant: str, name: str) -> Candidate:
+        for c in self.candidates.get(variant, []):
+            if c.name == name:
+                return c
+        raise ConfigError(f"no tuning candidate {name!r} of variant {variant!r} in the config")
+
+    def _candidates(self) -> dict[str, list[Candidate]]:
+        """Every variant's candidates: the product of ``tuning.shared`` (train keys) and its
+        ``tuning.own`` options; ConfigError names the key of a bad or unequal grid."""
+        spec = self.cfg["tuning"]
+        if not self.tuning_seeds:
+            return {}
+        if clash := sorted(set(self.tuning_seeds) & set(self.seeds)):
+            raise ConfigError(
+                f"config key 'tuning.seeds': {clash} are also seeds of the final comparison "
+                "(`seeds`); tuning seeds must be others"
+            )
+        if unknown := sorted(set(spec["own"]) - set(self.all_variants)):
+            raise ConfigError(f"config key 'tuning.own': unknown variant(s) {', '.join(unknown)}")
+        counts = {v: len(spec["own"].get(v, [{}])) for v in self.variants}
+        if len(set(counts.values())) > 1:
+            raise ConfigError(
+                "config key 'tuning.own': every variant needs the same number of options (the "
+                f"same number of trials), found {counts}"
+            )
+        shared = [
+            dict(zip(spec["shared"], values, strict=True))
+            for values in itertools.product(*spec["shared"].values())
+        ]
+        out: dict[str, list[Candidate]] = {}
+        for v in self.variants:
+            out[v] = []
+            for i, own in enumerate(spec["own"].get(v, [{}])):
+                for train in shared:
+                    out[v].append(self._candidate(v, train, own, f"tuning.own.{v}[{i}]"))
+            names = [c.name for c in out[v]]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"config key 'tuning': two candidates of {v} are the same")
+        return out
+
+    def _candidate(self, variant: str, train: dict, own: dict, where: str) -> Candidate:
+        entry = copy.deepcopy(self.cfg["variants"][variant])
+        own = copy.deepcopy(own)
+        own_train = own.pop("train", {})
+        entry.update(own)
+        entry["train"] = {**entry.get("train", {}), **own_train, **train}
+        labels = {**own, **own_train, **train}
+        overrides = {**own, "train": {**own_train, **train}}
+        trial = copy.deepcopy(self.cfg)
+        trial["variants"] = {variant: entry}
+        trial["run_variants"] = None
+        trial["reference"] = variant
+        try:
+            trial = config_mod.validate(trial)
+        except ConfigError as exc:
+            raise ConfigError(f"config key '{where}' (with tuning.shared {train}): {exc}") from None
+        return Candidate(variant, value_folder(labels), labels, overrides, trial)
+
     def sweep_config(self, sweep: Sweep, value: Any) -> dict:
         """The study's config with the sweep's key set to ``value``, validated."""
         trial = copy.deepcopy(self.cfg)
@@ -456,6 +601,8 @@ class Study:
             if fig.latent_2d and not self.latent_2d:
                 continue
             if fig.needs_reference and self.reference is None:
+                continue
+            if fig.needs_tuning and not self.candidates:
                 continue
             names = [f"{fig.name}_{v}" for v in self.variants] if fig.per_variant else [fig.name]
             for i, name in enumerate(names):
@@ -482,6 +629,7 @@ class Study:
         out += [
             self.figure_file(j["name"], ext) for j in self.figure_jobs() for ext in ("png", "pdf")
         ]
+        out += self.tuning_targets()
         for name in self.sweeps:
             out += [
                 self.path("sweeps", name, "metrics.csv"),

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from flowvae import data as data_mod
 from flowvae import io
-from flowvae.config import variant_settings
+from flowvae.config import train_settings, variant_settings
 from flowvae.errors import FlowvaeError, StaleRunError, TrainingError
 from flowvae.lock import run_lock
 from flowvae.objectives import elbo_terms
@@ -42,7 +42,9 @@ def pick_device(name: str) -> torch.device:
 def run_settings(cfg: dict, variant: str, seed: int) -> dict:
     """Everything that determines the trained weights (not threads, device or checkpointing)."""
     train = {
-        k: v for k, v in cfg["train"].items() if k not in ("threads", "device", "checkpoint_every")
+        k: v
+        for k, v in train_settings(cfg, variant).items()
+        if k not in ("threads", "device", "checkpoint_every")
     }
     return {
         "data": cfg["data"],
@@ -232,7 +234,7 @@ def write_outputs(
         "variant": settings["variant"],
         "seed": settings["seed"],
         "family": settings["posterior"]["family"],
-        "epochs": cfg["train"]["epochs"],
+        "epochs": state.epoch,
         "n_train": n_train,
         "n_params": sum(p.numel() for p in state.model.parameters()),
         "train_seconds": float(hist["seconds"].sum()),
@@ -293,7 +295,7 @@ def _train_locked(
     label: str,
 ) -> dict:
     """start or resume -> epochs (train, validate, checkpoint) -> write outputs."""
-    tcfg = cfg["train"]
+    tcfg = train_settings(cfg, variant)
     torch.set_num_threads(threads or tcfg["threads"])
     device = pick_device(tcfg["device"])
     data = data_mod.load_prepared(data_path)

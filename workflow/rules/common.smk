@@ -98,6 +98,14 @@ def sweep_value_args(wildcards):
     ]
 
 
+def protocol_args(wildcards, input):
+    """--selection and the settings it is checked against, when there is a tuning stage."""
+    if not input.selection:
+        return ""
+    settings = {key: config[key] for key in ("variants", "train", "seeds")}
+    return f"--selection {shlex.quote(input.selection[0])} --settings {shlex.quote(json.dumps(settings))}"
+
+
 def figure_settings(wildcards=None):
     """What the figures read of the config: variant order and the reference."""
     return json.dumps(
@@ -110,3 +118,4 @@ wildcard_constraints:
     seed=r"\d+",
     sweep=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     value=r"[^/]+",
+    candidate=r"[^/]+",

@@ -31,6 +31,7 @@ rule aggregate:
 rule summary:
     input:
         metrics=rules.aggregate.output.metrics,
+        selection=STUDY.tuning_targets()[:1],
         code=CODE["report"],
     output:
         summary=report(
@@ -46,7 +47,8 @@ rule summary:
     params:
         reference=config["reference"],
         notes=" ".join(f"--note {shlex.quote(n)}" for n in STUDY.summary_notes()),
+        protocol=protocol_args,
     shell:
         "python -m flowvae summarize --metrics {input.metrics:q}"
-        " --reference {params.reference:q} {params.notes} --out {output.summary:q}"
-        " > {log:q} 2>&1"
+        " --reference {params.reference:q} {params.notes} {params.protocol}"
+        " --out {output.summary:q} > {log:q} 2>&1"
