@@ -44,6 +44,7 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/sweeps.smk"
 include: "workflow/rules/tuning.smk"
+include: "workflow/rules/equal_compute.smk"
 
 
 # A failed check of the evaluation (results/summary.md) is the last thing a run prints.

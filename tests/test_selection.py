@@ -115,7 +115,7 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
                 # a loss that prefers lr 3e-3, 30 epochs and each variant's second option
                 "final_val_loss": 200 - 1e4 * c.labels["lr"] - c.labels["epochs"] - 5 * i,
                 "train_seconds": 1.0,
-                "seconds_per_epoch": 0.1,
+                "seconds_per_epoch": 0.1 if c.variant == "standard" else 0.3,
             }
             for cands in s.candidates.values()
             for i, c in enumerate(cands)
@@ -131,6 +131,8 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
         s.cfg, "iaf"
     ) | {"lr": 0, "epochs": 30}
     assert config_mod.variant_settings(adopted, "pcpmap")["depth"] == 2
+    # equal compute: 30 epochs of the slower variants take 9 s, as do 90 of the standard's
+    assert adopted["equal_compute"] == {"standard": 90, "iaf": 30, "pcpmap": 30, "cotflow": 30}
     # the rest of the file is kept, and a second adoption changes nothing
     assert adopted["tuning"] == s.cfg["tuning"] and adopted["seeds"] == s.cfg["seeds"]
     assert selection.adopt(config, table) == []

@@ -158,7 +158,10 @@ def cmd_summarize(args: argparse.Namespace) -> None:
 
     selection = Path(args.selection) if args.selection else None
     cfg = _cfg(args) if selection else None
-    report.summarize(Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg)
+    compute = Path(args.equal_compute) if args.equal_compute else None
+    report.summarize(
+        Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg, compute
+    )
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -332,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="selection.csv of the tuning stage: adds the protocol, the selected settings and "
         "whether the config (give it with --config/--settings) carries them",
+    )
+    p.add_argument(
+        "--equal-compute",
+        default=None,
+        help="metrics.csv of the equal-compute comparison: adds it and which comparison the "
+        "claim survives",
     )
     p.add_argument("--out", required=True, help="output .md file")
     _add_config_args(p)

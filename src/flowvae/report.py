@@ -447,6 +447,41 @@ def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
     return lines
 
 
+def equal_compute_lines(df: pd.DataFrame, compute_csv: Path, reference: str) -> list[str]:
+    """The equal-compute comparison (every variant the same training seconds) and which of
+    the two comparisons the claim survives."""
+    ec = pd.read_csv(compute_csv)
+    ec["variant"] = ec["variant"].astype(str)
+    variants = sorted(ec["variant"].unique(), key=lambda v: (v != reference, v))
+    flows = [v for v in variants if v != reference]
+    rows = [
+        [
+            v,
+            f"{df.loc[df['variant'] == v, 'epochs'].mean():.0f}" if "epochs" in df else "?",
+            f"{ec.loc[ec['variant'] == v, 'epochs'].mean():.0f}" if "epochs" in ec else "?",
+            f"{ec.loc[ec['variant'] == v, 'train_seconds'].mean():.0f}",
+        ]
+        for v in variants
+    ]
+    lines = [
+        "## Equal training time",
+        "",
+        "Every variant trains for the same seconds (`equal_compute`, from the seconds per "
+        "epoch measured in the tuning stage), so faster variants train for more epochs.",
+        "",
+        *_table(["variant", "epochs (equal epochs)", "epochs (equal time)", "train s"], rows),
+        "",
+        *_summary_lines(ec, reference),
+        "",
+        "## Which comparison the claim survives",
+        "",
+        f"- Equal epochs: {claim_sentence(df, reference, flows)}",
+        f"- Equal training time: {claim_sentence(ec, reference, flows)}",
+        "",
+    ]
+    return lines
+
+
 def summarize(
     metrics_csv: Path,
     out: Path,
@@ -454,6 +489,7 @@ def summarize(
     notes: Sequence[str] = (),
     selection_csv: Path | None = None,
     cfg: dict | None = None,
+    equal_compute_csv: Path | None = None,
 ) -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
@@ -483,6 +519,8 @@ def summarize(
             lines += [f"## Sweep {sweep} = {value}", ""] + _summary_lines(sub, reference) + [""]
     else:
         lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
+    if equal_compute_csv is not None:
+        lines += equal_compute_lines(df, Path(equal_compute_csv), reference)
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
     failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks

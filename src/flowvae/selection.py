@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from flowvae import config as config_mod
 from flowvae import io
 from flowvae.errors import FlowvaeError
 
@@ -112,12 +113,25 @@ def difference(cfg: dict, selection: pd.DataFrame) -> list[str]:
                         out.append(f"variants.{variant}.train.{tkey}")
             elif entry.get(key) != value:
                 out.append(f"variants.{variant}.{key}")
+    if not out and cfg.get("equal_compute") != equal_compute(cfg, selection):
+        out.append("equal_compute")
     return out
 
 
+def equal_compute(cfg: dict, selection: pd.DataFrame) -> dict[str, int]:
+    """Epochs per variant for the same training seconds: T = max_v E_v s_v over the selected
+    settings (E_v epochs, s_v seconds per epoch measured in the tuning stage), and each
+    variant gets max(E_v, round(T / s_v)) epochs."""
+    rows = selection[selection["selected"].astype(bool)].set_index("variant")
+    epochs = {v: config_mod.train_settings(cfg, v)["epochs"] for v in rows.index}
+    seconds = rows["seconds_per_epoch"].astype(float)
+    budget = max(epochs[v] * seconds[v] for v in rows.index)
+    return {v: max(epochs[v], round(budget / seconds[v])) for v in rows.index}
+
+
 def adopt(config_path: Path, selection: pd.DataFrame) -> list[str]:
-    """Write the selected settings into ``config_path`` between the marker lines (which hold
-    the ``variants`` section); returns the keys that changed."""
+    """Write the selected settings into ``config_path`` between the marker lines (the
+    ``variants`` section and ``equal_compute``); returns the variants that changed."""
     text = config_path.read_text()
     if BEGIN not in text or END not in text:
         raise FlowvaeError(
@@ -133,6 +147,13 @@ def adopt(config_path: Path, selection: pd.DataFrame) -> list[str]:
         if new != variants.get(variant):
             changed.append(variant)
         variants[variant] = new
-    body = yaml.safe_dump({"variants": variants}, sort_keys=False, default_flow_style=None)
-    io.write_text(config_path, f"{head}{BEGIN}\n{body}{END}{tail}")
+    block = {"variants": variants}
+    io.write_text(config_path, f"{head}{BEGIN}\n{_dump(block)}{END}{tail}")
+    if not selection.empty:  # the epochs of equal compute follow from the adopted settings
+        block["equal_compute"] = equal_compute(config_mod.load([config_path]), selection)
+        io.write_text(config_path, f"{head}{BEGIN}\n{_dump(block)}{END}{tail}")
     return changed
+
+
+def _dump(block: dict) -> str:
+    return yaml.safe_dump(block, sort_keys=False, default_flow_style=None)

@@ -253,10 +253,10 @@ class Study:
         self.latent_2d = self.cfg["model"]["latent_dim"] == 2
         self.sweeps = {name: self._sweep(name, spec) for name, spec in self.cfg["sweeps"].items()}
         tuning = self.cfg["tuning"] or {}
-        self.tuning_seeds = (
-            list(tuning.get("seeds", [])) if tuning.get("shared") or tuning.get("own") else []
-        )
+        planned = bool(tuning.get("shared") or tuning.get("own"))
+        self.tuning_seeds = list(tuning["seeds"]) if planned else []
         self.candidates = self._candidates()
+        self.compute_cfg, self.compute_variants = self._equal_compute()
 
     # ------------------------------------------------------------------ checks
 
@@ -379,6 +379,10 @@ class Study:
         with other settings, so they rebuild. Returns a log line per stale job."""
         notes: list[str] = []
         groups = [(self.results, self.cfg, self.variants, self.seeds)]
+        if self.compute_variants:
+            groups.append(
+                (self.compute_root(), self.compute_cfg, self.compute_variants, self.seeds)
+            )
         for sweep in self.sweeps.values():
             for folder, value in sweep.values.items():
                 root = self.sweep_root(sweep.name, folder)
@@ -475,6 +479,42 @@ class Study:
                 )
             sweep.values[folder] = value
         return sweep
+
+    # ------------------------------------------------------------------ equal compute
+
+    def _equal_compute(self) -> tuple[dict | None, list[str]]:
+        """The config of the equal-compute comparison (each variant's epochs from
+        ``equal_compute``) and the variants it trains again (whose epochs change)."""
+        epochs = self.cfg["equal_compute"]
+        if not epochs:
+            return None, []
+        if unknown := sorted(set(epochs) - set(self.all_variants)):
+            raise ConfigError(
+                f"config key 'equal_compute': unknown variant(s) {', '.join(unknown)}"
+            )
+        trial = copy.deepcopy(self.cfg)
+        changed = []
+        for v, n in epochs.items():
+            if v in self.variants and config_mod.train_settings(self.cfg, v)["epochs"] != n:
+                entry = trial["variants"][v]
+                entry["train"] = {**entry.get("train", {}), "epochs": n}
+                changed.append(v)
+        return config_mod.validate(trial), [v for v in self.variants if v in changed]
+
+    def compute_root(self) -> str:
+        return self.path("equal_compute")
+
+    def compute_runs(self, kind: str) -> list[str]:
+        """The file ``kind`` of every run of the equal-compute comparison: its own for the
+        variants trained again, the main study's for the others."""
+        return [
+            self.run_file(kind, v, s, self.compute_root() if v in self.compute_variants else None)
+            for v in self.variants
+            for s in self.seeds
+        ]
+
+    def compute_targets(self) -> list[str]:
+        return [self.study_file("table", self.compute_root())] if self.compute_cfg else []
 
     # ------------------------------------------------------------------ tuning
 
@@ -629,7 +669,7 @@ class Study:
         out += [
             self.figure_file(j["name"], ext) for j in self.figure_jobs() for ext in ("png", "pdf")
         ]
-        out += self.tuning_targets()
+        out += self.tuning_targets() + self.compute_targets()
         for name in self.sweeps:
             out += [
                 self.path("sweeps", name, "metrics.csv"),

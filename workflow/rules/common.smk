@@ -100,10 +100,15 @@ def sweep_value_args(wildcards):
 
 def protocol_args(wildcards, input):
     """--selection and the settings it is checked against, when there is a tuning stage."""
-    if not input.selection:
-        return ""
-    settings = {key: config[key] for key in ("variants", "train", "seeds")}
-    return f"--selection {shlex.quote(input.selection[0])} --settings {shlex.quote(json.dumps(settings))}"
+    args = []
+    if input.equal_compute:
+        args.append(f"--equal-compute {shlex.quote(input.equal_compute[0])}")
+    if input.selection:
+        keys = ("variants", "train", "seeds", "equal_compute")
+        settings = json.dumps({key: config[key] for key in keys})
+        args.append(f"--selection {shlex.quote(input.selection[0])}")
+        args.append(f"--settings {shlex.quote(settings)}")
+    return " ".join(args)
 
 
 def figure_settings(wildcards=None):

@@ -32,6 +32,7 @@ rule summary:
     input:
         metrics=rules.aggregate.output.metrics,
         selection=STUDY.tuning_targets()[:1],
+        equal_compute=STUDY.compute_targets(),
         code=CODE["report"],
     output:
         summary=report(

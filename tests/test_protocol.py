@@ -1,0 +1,69 @@
+"""The hyperparameter protocol end to end, in miniature (config/quick_tuning.yaml): the tuning
+stage, adoption of the selection, then the final comparison at equal epochs and at equal
+training time, with the protocol in the summary."""
+
+import pandas as pd
+import pytest
+from conftest import REPO_ROOT
+from pipeline import QUICK, failure, flowvae, snakemake
+
+from flowvae import config as config_mod
+from flowvae import selection
+from flowvae.study import Study
+
+PROTOCOL = [QUICK, "config/quick_tuning.yaml"]
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("protocol")
+    proc = snakemake("--cores", "2", "tuning", tmp=tmp, configfiles=PROTOCOL, timeout=900)
+    assert proc.returncode == 0, failure(proc, tmp)
+    config = tmp / "config.yaml"
+    config.write_text((REPO_ROOT / "config" / "config.yaml").read_text())
+    adopted = flowvae("adopt", "--selection", tmp / "results" / "selection.csv",
+                      "--config-file", config)  # fmt: skip
+    assert adopted.returncode == 0, adopted.stderr
+    proc = snakemake("--cores", "2", tmp=tmp, configfiles=[config, *PROTOCOL], timeout=900)
+    assert proc.returncode == 0, failure(proc, tmp)
+    return tmp
+
+
+def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protocol):
+    table = pd.read_csv(protocol / "results" / "selection.csv")
+    cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *PROTOCOL], None, [])
+    study = Study(cfg)
+    assert table.groupby("variant").size().to_dict() == {
+        v: len(c) for v, c in study.candidates.items()
+    }
+    assert table.groupby("variant")["selected"].sum().to_dict() == dict.fromkeys(study.variants, 1)
+    best = table.loc[table.groupby("variant")["mean_val_loss"].idxmin()]
+    assert best["selected"].all()
+    assert not any("test" in c for c in table.columns)
+    for name in ("tuning.png", "tuning.pdf"):
+        assert (protocol / "figures" / name).stat().st_size > 0
+
+
+def test_final_comparison_runs_at_the_selected_settings(protocol):
+    cfg = config_mod.load([protocol / "config.yaml", *PROTOCOL], None, [])
+    table = pd.read_csv(protocol / "results" / "selection.csv")
+    assert selection.difference(cfg, table) == []
+    chosen = selection.selected(table)
+    metrics = pd.read_csv(protocol / "results" / "metrics.csv")
+    for variant, overrides in chosen.items():
+        epochs = metrics.loc[metrics["variant"] == variant, "epochs"]
+        assert (epochs == overrides["train"]["epochs"]).all()
+    summary = (protocol / "results" / "summary.md").read_text()
+    assert "## Hyperparameter protocol" in summary
+    assert "The config carries these settings" in summary
+    assert "## Which comparison the claim survives" in summary
+
+
+def test_equal_compute_trains_the_faster_variants_longer(protocol):
+    cfg = config_mod.load([protocol / "config.yaml", *PROTOCOL], None, [])
+    ec = pd.read_csv(protocol / "results" / "equal_compute" / "metrics.csv")
+    assert set(ec["variant"]) == set(cfg["variants"])
+    for variant, epochs in cfg["equal_compute"].items():
+        assert (ec.loc[ec["variant"] == variant, "epochs"] == epochs).all()
+    selected = {v: config_mod.train_settings(cfg, v)["epochs"] for v in cfg["variants"]}
+    assert all(cfg["equal_compute"][v] >= selected[v] for v in selected)
