@@ -163,7 +163,7 @@ def cpu_name() -> str:
 
 def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> dict:
     """Epoch times (median of ``repeats`` after a warm-up) and matmul FLOPs of one variant."""
-    tcfg = {**cfg["train"], "batch_size": bs}
+    tcfg = {**config_mod.train_settings(cfg, variant), "batch_size": bs}
     state = start(cfg, variant, seed=0, device=torch.device("cpu"))
     model = state.model
     flops = step_flops(model, x[:bs], tcfg["samples"]) * x.shape[0] / bs

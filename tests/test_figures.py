@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flowvae import figures
+from flowvae import figures, selection
 from flowvae import study as study_mod
 from flowvae.errors import FlowvaeError
 
@@ -113,6 +113,24 @@ def build_study(root: Path) -> dict[str, list[Path]]:
                     "sweep": "lr", "sweep_value": value, "variant": variant, "seed": seed,
                     "test_neg_elbo": 122 - k + 2 * abs(np.log10(value) + 3.3) + 0.3 * seed,
                 })  # fmt: skip
+    tuning_runs = [
+        {
+            "variant": variant, "candidate": f"{own}-lr={lr}-epochs={epochs}", "seed": seed,
+            "labels": {"lr": lr, "epochs": epochs, f"size_{variant}": own},
+            "overrides": {"train": {"lr": lr, "epochs": epochs}},
+            "final_val_loss": 126 - k + 3 * abs(np.log10(lr) + 3) - epochs / 20 + own
+            + rng.normal(0, 0.5),
+            "train_seconds": epochs * (4.0 + k), "seconds_per_epoch": 4.0 + k,
+        }
+        for k, variant in enumerate(VARIANTS)
+        for own in (1, 2)
+        for lr in (3e-4, 1e-3, 3e-3)
+        for epochs in (10, 30)
+        for seed in (100, 101)
+    ]  # fmt: skip
+    table = selection.table(tuning_runs, "lowest_mean_val_loss")
+    table.to_csv(root / "selection.csv", index=False)
+    files["selection"] = [root / "selection.csv"]
     pd.DataFrame(metrics).to_csv(root / "metrics.csv", index=False)
     pd.DataFrame(sweep_rows).to_csv(root / "sweep_lr.csv", index=False)
     files["metrics"] = [root / "metrics.csv"]
@@ -128,6 +146,7 @@ SYNTHETIC = {
     "table": "metrics",
     "history": "history",
     "check": "check",
+    "selection": "selection",
 }
 
 

@@ -30,11 +30,11 @@ STUDY = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
 QUICK = yaml.safe_load((REPO_ROOT / "config" / "quick.yaml").read_text())
 
 
-def figure_names(variants: list[str], latent_2d: bool = True) -> list[str]:
+def figure_names(variants: list[str], latent_2d: bool = True, tuning: bool = True) -> list[str]:
     """Every figure file name of a study with these variants, from the package's registry."""
     names = []
     for fig in REGISTRY.values():
-        if not fig.inputs or (fig.latent_2d and not latent_2d):
+        if not fig.inputs or (fig.latent_2d and not latent_2d) or (fig.needs_tuning > tuning):
             continue
         names += [f"{fig.name}_{v}" for v in variants] if fig.per_variant else [fig.name]
     return names
@@ -126,6 +126,10 @@ def test_study_plans_every_variant_and_seed(tmp_path):
     for name in FIGURES:
         assert jobs[f"figure_{name}"] == 1, name
     assert not [rule for rule in jobs if "sweep" in rule], "no sweep is configured"
+    spec = STUDY["tuning"]
+    trials = len(spec["shared"]["lr"]) * len(spec["shared"]["epochs"]) * 2  # 2 own options
+    assert jobs["train_tuning"] == trials * len(STUDY["variants"]) * len(spec["seeds"]) == 48
+    assert jobs["select"] == 1 and "train_compute" not in jobs  # equal_compute: not adopted yet
     written = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
     assert written and all("settings" in p.relative_to(tmp_path).parts for p in written), (
         "a dry run writes only the settings files"
@@ -400,7 +404,7 @@ def test_quick_metrics_have_a_row_per_variant_and_seed(quick):
 
 
 def test_quick_writes_every_figure(quick):
-    names = FIGURES + [f"posterior_{v}" for v in QUICK["variants"]]
+    names = figure_names(list(QUICK["variants"]), tuning=False)
     for name in names:
         png = quick / "figures" / f"{name}.png"
         pdf = quick / "figures" / f"{name}.pdf"
