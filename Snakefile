@@ -26,11 +26,13 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 # `--config key=value` arrives as strings: type it as the schema says, then validate
-# (unknown keys, wrong types and out-of-range values stop here, naming the key).
+# (unknown keys, wrong types and out-of-range values stop here, naming the key) and fill
+# in the defaults (the package's filling: it leaves a null section such as `tuning: null`).
 flowvae_study.command_line_values(config)
 
 
-validate(config, str(flowvae_config.SCHEMA_PATH))
+validate(config, str(flowvae_config.SCHEMA_PATH), set_default=False)
+config.update(flowvae_config.fill_defaults(config))
 
 
 report: "workflow/report/workflow.rst"

@@ -355,9 +355,13 @@ def test_slurm_profiles_name_existing_rules_alike():
     for key in ("set-resources", "set-threads"):
         assert set(site[key]) == set(local[key]), key
         assert set(site[key]) <= rules, f"{key} names unknown rules"
-        # A sweep job is the main job again: same resources.
-        for rule in ("train", "evaluate"):
-            assert site[key][rule] == site[key][f"{rule}_sweep"]
+        # A sweep, tuning or equal-compute job is the main job again: same resources.
+        for rule, twins in (
+            ("train", ("sweep", "tuning", "compute")),
+            ("evaluate", ("sweep", "compute")),
+        ):
+            for twin in twins:
+                assert site[key][rule] == site[key][f"{rule}_{twin}"], f"{rule}_{twin}"
 
 
 def test_slurm_profiles():
@@ -370,6 +374,24 @@ def test_slurm_profiles():
     assert local["slurm-init-seconds-before-status-checks"] == 1
     assert local["default-resources"]["slurm_partition"] == "debug"
     assert "gpu: 1" in (REPO_ROOT / "profiles" / "slurm" / "config.yaml").read_text()
+
+
+def test_poster_scale_plans_2000_epochs_with_a_gpu_per_training_job(tmp_path):
+    proc = run(
+        "snakemake", "-n", "--printshellcmds", "--workflow-profile", "profiles/slurm-poster",
+        "--configfile", "config/poster.yaml", *folders(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    jobs = job_counts(output(proc))
+    assert jobs["train"] == len(STUDY["variants"]) * len(STUDY["seeds"])
+    assert "train_tuning" not in jobs and "train_compute" not in jobs
+    settings = json.loads(
+        (tmp_path / "results" / "settings" / "train" / "cotflow" / "seed0.json").read_text()
+    )
+    assert settings["variants"]["cotflow"]["train"]["epochs"] == 2000
+    poster = profile("slurm-poster")
+    assert poster["set-resources"]["train"]["gpu"] == 1
+    assert set(poster["set-resources"]) <= set(profile("slurm")["set-resources"])
 
 
 @pytest.mark.parametrize("name", ["default", *SLURM_PROFILES])

@@ -39,6 +39,11 @@ def _fill_defaults(schema: dict, instance: Any) -> Any:
     return instance
 
 
+def fill_defaults(cfg: dict) -> dict:
+    """A copy of ``cfg`` with the schema's defaults filled in (a null section stays null)."""
+    return _fill_defaults(load_schema(), copy.deepcopy(cfg))
+
+
 def _key_of(error: jsonschema.ValidationError) -> str:
     path = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "additionalProperties":
