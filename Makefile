@@ -1,6 +1,7 @@
 # flowvae: every target sets up what it needs (a fresh clone needs only python3.11).
 #   make reproduce   the study (config/config.yaml), figures and summary
 #   make quick       a tiny run of every step (config/quick.yaml)
+#   make tuning      the tuning stage of the hyperparameter protocol, then adopt its selection
 #   make test        the default test suite (what CI runs)
 #   make lint        snakemake --lint, snakefmt, ruff
 
@@ -12,7 +13,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 # The rules call `python -m flowvae`: put the environment's python first on the PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: reproduce quick test test-all lint report clean
+.PHONY: reproduce quick tuning test test-all lint report clean
 
 $(PYTHON):
 	$(PYTHON3) -m venv $(VENV)
@@ -23,6 +24,12 @@ reproduce: $(PYTHON)
 
 quick: $(PYTHON)
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/quick.yaml
+
+# The tuning stage, then its selection written into config/config.yaml; `make reproduce`
+# then runs the final comparison at the selected settings.
+tuning: $(PYTHON)
+	$(SNAKEMAKE) --cores $(CORES) tuning
+	$(PYTHON) -m flowvae adopt
 
 # The default and CI suite: everything but the long checks (marked slow). It includes the
 # SLURM test (marker slurm), which installs and starts a single-node SLURM where it can (as
@@ -46,4 +53,5 @@ report: $(PYTHON)
 # results/summary.md) and figures; `git clean -fdX` removes every ignored file.
 clean:
 	rm -rf results/data results/runs results/eval results/logs results/benchmarks \
-		results/sweeps results/quick report.html .snakemake
+		results/sweeps results/tuning results/equal_compute results/settings results/quick \
+		report.html .snakemake
