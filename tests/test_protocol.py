@@ -11,27 +11,37 @@ from flowvae import config as config_mod
 from flowvae import selection
 from flowvae.study import Study
 
-PROTOCOL = [QUICK, "config/quick_tuning.yaml"]
+
+def protocol_configs(tmp):
+    """The quick protocol's config files, the last one written by the fixture into ``tmp``."""
+    return [QUICK, "config/quick_tuning.yaml", tmp / "smaller.yaml"]
+
+
+# Two variants (the reference and one flow) and one final seed keep it to a few minutes; the
+# other families' candidates are checked in tests/test_selection.py.
+SMALLER = "run_variants: [standard, iaf]\nseeds: [0]\n"
 
 
 @pytest.fixture(scope="module")
 def protocol(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("protocol")
-    proc = snakemake("--cores", "2", "tuning", tmp=tmp, configfiles=PROTOCOL, timeout=900)
+    (tmp / "smaller.yaml").write_text(SMALLER)
+    configs = protocol_configs(tmp)
+    proc = snakemake("--cores", "2", "tuning", tmp=tmp, configfiles=configs, timeout=1200)
     assert proc.returncode == 0, failure(proc, tmp)
     config = tmp / "config.yaml"
     config.write_text((REPO_ROOT / "config" / "config.yaml").read_text())
     adopted = flowvae("adopt", "--selection", tmp / "results" / "selection.csv",
                       "--config-file", config)  # fmt: skip
     assert adopted.returncode == 0, adopted.stderr
-    proc = snakemake("--cores", "2", tmp=tmp, configfiles=[config, *PROTOCOL], timeout=900)
+    proc = snakemake("--cores", "2", tmp=tmp, configfiles=[config, *configs], timeout=1200)
     assert proc.returncode == 0, failure(proc, tmp)
     return tmp
 
 
 def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protocol):
     table = pd.read_csv(protocol / "results" / "selection.csv")
-    cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *PROTOCOL], None, [])
+    cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *protocol_configs(protocol)])
     study = Study(cfg)
     assert table.groupby("variant").size().to_dict() == {
         v: len(c) for v, c in study.candidates.items()
@@ -45,7 +55,7 @@ def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protoco
 
 
 def test_final_comparison_runs_at_the_selected_settings(protocol):
-    cfg = config_mod.load([protocol / "config.yaml", *PROTOCOL], None, [])
+    cfg = config_mod.load([protocol / "config.yaml", *protocol_configs(protocol)])
     table = pd.read_csv(protocol / "results" / "selection.csv")
     assert selection.difference(cfg, table) == []
     chosen = selection.selected(table)
@@ -60,10 +70,10 @@ def test_final_comparison_runs_at_the_selected_settings(protocol):
 
 
 def test_equal_compute_trains_the_faster_variants_longer(protocol):
-    cfg = config_mod.load([protocol / "config.yaml", *PROTOCOL], None, [])
+    cfg = config_mod.load([protocol / "config.yaml", *protocol_configs(protocol)])
     ec = pd.read_csv(protocol / "results" / "equal_compute" / "metrics.csv")
-    assert set(ec["variant"]) == set(cfg["variants"])
+    assert set(ec["variant"]) == set(cfg["run_variants"]) == set(cfg["equal_compute"])
     for variant, epochs in cfg["equal_compute"].items():
         assert (ec.loc[ec["variant"] == variant, "epochs"] == epochs).all()
-    selected = {v: config_mod.train_settings(cfg, v)["epochs"] for v in cfg["variants"]}
+    selected = {v: config_mod.train_settings(cfg, v)["epochs"] for v in cfg["run_variants"]}
     assert all(cfg["equal_compute"][v] >= selected[v] for v in selected)
