@@ -100,13 +100,14 @@ def sweep_value_args(wildcards):
 
 def protocol_args(wildcards, input):
     """--selection and the settings it is checked against, when there is a tuning stage."""
-    args = []
-    if input.equal_compute:
-        args.append(f"--equal-compute {shlex.quote(input.equal_compute[0])}")
-    if input.selection:
+    args = []  # (a sweep's summary has neither input)
+    compute, selection = input.get("equal_compute", []), input.get("selection", [])
+    if compute:
+        args.append(f"--equal-compute {shlex.quote(compute[0])}")
+    if selection:
         keys = ("variants", "train", "seeds", "equal_compute")
         settings = json.dumps({key: config[key] for key in keys})
-        args.append(f"--selection {shlex.quote(input.selection[0])}")
+        args.append(f"--selection {shlex.quote(selection[0])}")
         args.append(f"--settings {shlex.quote(settings)}")
     return " ".join(args)
 
