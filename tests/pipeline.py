@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -63,14 +64,28 @@ def snakemake(
     env: dict[str, str] | None = None,
     timeout: float = 900,
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run_group(
         snakemake_command(*args, tmp=tmp, configfiles=configfiles),
         cwd=cwd,
         env=env or environment(),
-        capture_output=True,
-        text=True,
         timeout=timeout,
     )
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with captured text output, in a session of its own: a timeout kills
+    the whole process group (Snakemake and the jobs it started), not only Snakemake."""
+    with subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        **kwargs,
+    ) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def flowvae(*args: str | Path, env=None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -47,14 +47,7 @@ SLURM_PROFILES = ["slurm", "slurm-local-test"]
 def run(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess:
     """A command (snakemake, snakefmt, ruff: from this environment) in the repository root."""
     cmd = [str(BIN / str(args[0])), *map(str, args[1:])]
-    return subprocess.run(
-        cmd,
-        cwd=REPO_ROOT,
-        env=pipeline.environment(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return pipeline.run_group(cmd, timeout, cwd=REPO_ROOT, env=pipeline.environment())
 
 
 def output(proc: subprocess.CompletedProcess) -> str:
