@@ -250,3 +250,22 @@ def test_pdf_figures_are_byte_identical_between_renders(tmp_path):
         figures.render("test_loss", [table], [out], {})
         time.sleep(1.1)  # a creation date would differ
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def test_a_job_records_the_settings_it_read_not_a_newer_file(tmp_path):
+    """A newer Snakemake may rewrite a settings file while an older job still runs: the job's
+    record (settings.json) is what it read at its start, so the newer run sees it as stale."""
+    from flowvae import cli
+
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps({"train": {"lr": 0.001}}))
+    args = cli.build_parser().parse_args(
+        ["prepare", "--raw", "r", "--out", "o", "--settings-file", str(path)]
+    )
+    assert cli._cfg(args)["train"]["lr"] == 0.001
+    path.write_text(json.dumps({"train": {"lr": 0.002}}))  # rewritten while the job runs
+    cli._record_settings(args, tmp_path)
+    assert json.loads((tmp_path / study.RECORD).read_text()) == {"train": {"lr": 0.001}}
+    path.write_text("{not json")
+    with pytest.raises(cli.FlowvaeError, match="seed0.json is not valid JSON"):
+        cli._cfg(args)

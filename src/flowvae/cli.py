@@ -8,6 +8,7 @@ atomically.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -49,17 +50,30 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args: argparse.Namespace) -> dict:
-    files = [*args.config, *([args.settings_file] if args.settings_file else [])]
-    return config_mod.load(files, args.settings, args.overrides)
+    """The config of a command; the settings file is read once, here, and that text is what
+    the job records at its end (a newer Snakemake may rewrite the file while the job runs)."""
+    if not args.settings_file:
+        return config_mod.load(args.config, args.settings, args.overrides)
+    args.settings_text = Path(args.settings_file).read_text()
+    try:
+        settings = json.loads(args.settings_text)
+    except ValueError as exc:
+        raise FlowvaeError(
+            f"settings file {args.settings_file} is not valid JSON ({exc}); delete it and run "
+            "the pipeline again (it rewrites it)"
+        ) from None
+    if args.settings:
+        config_mod.merge(settings, json.loads(args.settings))
+    return config_mod.load(args.config, json.dumps(settings), args.overrides)
 
 
 def _record_settings(args: argparse.Namespace, folder: Path) -> None:
-    """Copy the settings file into the finished job's folder as settings.json, its record of
-    what it was made with (flowvae.study compares it with the current settings)."""
+    """Write the settings the job read (``_cfg``) into its finished folder as settings.json,
+    its record of what it was made with (flowvae.study compares it with the current ones)."""
     from flowvae.study import RECORD
 
     if args.settings_file:
-        io.write_text(folder / RECORD, Path(args.settings_file).read_text())
+        io.write_text(folder / RECORD, args.settings_text)
 
 
 def _check_model(model: str, cfg: dict) -> None:

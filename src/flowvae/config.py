@@ -138,18 +138,19 @@ def load(
             ) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} does not hold a mapping")
-        _merge(cfg, loaded)
+        merge(cfg, loaded)
     if settings:
-        _merge(cfg, json.loads(settings))
+        merge(cfg, json.loads(settings))
     for text in overrides or []:
         set_dotted(cfg, *parse_override(text))
     return validate(cfg)
 
 
-def _merge(base: dict, new: dict) -> None:
+def merge(base: dict, new: dict) -> None:
+    """Merge ``new`` into ``base`` in place, section by section (later wins)."""
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = copy.deepcopy(value)
 
