@@ -148,10 +148,10 @@ def adopt(config_path: Path, selection: pd.DataFrame) -> list[str]:
             changed.append(variant)
         variants[variant] = new
     block = {"variants": variants}
-    io.write_text(config_path, f"{head}{BEGIN}\n{_dump(block)}{END}{tail}")
     if not selection.empty:  # the epochs of equal compute follow from the adopted settings
-        block["equal_compute"] = equal_compute(config_mod.load([config_path]), selection)
-        io.write_text(config_path, f"{head}{BEGIN}\n{_dump(block)}{END}{tail}")
+        adopted = config_mod.validate(yaml.safe_load(f"{head}{_dump(block)}{tail}") or {})
+        block["equal_compute"] = equal_compute(adopted, selection)
+    io.write_text(config_path, f"{head}{BEGIN}\n{_dump(block)}{END}{tail}")
     return changed
 
 
