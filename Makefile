@@ -2,7 +2,8 @@
 #   make reproduce   the study (config/config.yaml), figures and summary
 #   make quick       a tiny run of every step (config/quick.yaml)
 #   make tuning      the tuning stage of the hyperparameter protocol, then adopt its selection
-#   make test        the default test suite (what CI runs)
+#   make test        the default test suite (about 10 minutes)
+#   make test-all    every test, the long checks too (what CI runs; about 50 minutes)
 #   make lint        snakemake --lint, snakefmt, ruff
 
 VENV ?= .venv
@@ -31,12 +32,14 @@ tuning: $(PYTHON)
 	$(SNAKEMAKE) --cores $(CORES) tuning
 	$(PYTHON) -m flowvae adopt
 
-# The default and CI suite: everything but the long checks (marked slow). It includes the
-# SLURM test (marker slurm), which installs and starts a single-node SLURM where it can (as
-# root, with apt-get) and is skipped, saying why, where it cannot.
+# The default suite: everything but the checks of minutes each (marked slow).
 test: $(PYTHON)
 	$(PYTHON) -m pytest -m "not slow"
 
+# What CI runs: the default suite and the slow checks (the quick protocol, kill and resume,
+# --cores 1 against 2, the mutation run, and the SLURM tests (marker slurm), which install and
+# start a single-node SLURM where they can (as root, with apt-get) and are skipped, saying why,
+# where they cannot).
 test-all: $(PYTHON)
 	$(PYTHON) -m pytest
 

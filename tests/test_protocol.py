@@ -11,6 +11,9 @@ from flowvae import config as config_mod
 from flowvae import selection
 from flowvae.study import Study
 
+# Minutes of training and evaluation: in `make test-all` (what CI runs), not in `make test`.
+pytestmark = pytest.mark.slow
+
 
 def protocol_configs(tmp):
     """The quick protocol's config files, the last one written by the fixture into ``tmp``."""

@@ -110,6 +110,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash", [False, True], ids=["train-killed", "train-and-snakemake-killed"])
 def test_killed_training_resumes_to_the_same_bits(uninterrupted, tmp_path, crash):
     """SIGKILL the training process in the middle of an epoch (with crash: Snakemake and its
@@ -378,6 +379,7 @@ def test_bad_input_fails_fast_naming_the_cause(tmp_path, bad):
 # ----------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 def test_metrics_do_not_depend_on_the_number_of_cores(quick_metrics, tmp_path):
     """The quick config with --cores 1 gives the metrics of --cores 2, bit for bit (the same
     seeds; Snakemake scales a rule's threads down to the cores it has)."""

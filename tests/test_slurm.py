@@ -36,7 +36,8 @@ from pipeline import (
     snakemake_command,
 )
 
-pytestmark = pytest.mark.slurm
+# A SLURM installed and started, then the quick config through it: `make test-all` (CI).
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPTS = REPO_ROOT / "tests" / "slurm"
 PROFILE = yaml.safe_load((REPO_ROOT / "profiles" / "slurm-local-test" / "config.yaml").read_text())

@@ -561,13 +561,27 @@ def test_other_latent_sizes_run_end_to_end(tmp_path):
 # ----------------------------------------------------------------------------- tooling
 
 
-def test_ci_runs_the_test_target():
+def test_ci_runs_the_readmes_whole_suite():
+    """CI calls the README's test command for the whole suite, and the default suite is the
+    one without the slow checks."""
     script = REPO_ROOT / ".ci" / "run"
     assert os.access(script, os.X_OK)
     lines = [line.strip() for line in script.read_text().splitlines()]
     assert lines[0] == "#!/usr/bin/env bash"
     assert "set -euo pipefail" in lines
-    assert lines[-1] == "make test"
+    assert lines[-1] == "make test-all"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "make test-all" in readme and "make test " in readme
+    make = subprocess.run(
+        ["make", "--no-print-directory", "-n", "test", "test-all"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert make.stdout.splitlines()[-2:] == [
+        '.venv/bin/python -m pytest -m "not slow"',
+        ".venv/bin/python -m pytest",
+    ], make.stdout
 
 
 def test_make_sets_up_a_fresh_clone(tmp_path):
