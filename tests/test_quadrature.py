@@ -115,3 +115,34 @@ def test_adaptive_quadrature_meets_the_tolerance_for_every_image(monkeypatch):
     assert info["refined_images"] > 0 and info["min_spacing"] < 0.1
     assert torch.all((out["log_px"] - exact).abs() <= 0.01), out["log_px"] - exact
     assert torch.all((out["log_px"] - exact).abs() <= out["bound"] + 1e-6)
+
+
+def test_lattice_extent_follows_q_in_z_not_its_base_gaussian():
+    """An IAF that shrinks its base Gaussian 200-fold: the lattice must cover q(z|x), not the
+    base (the base's reach made the study's IAF lattices 35 wide instead of 4). For the
+    Gaussian family the reach is max_i |mu_i| + 4 sigma_i exactly."""
+    from flowvae import posteriors
+    from flowvae.vae import VAE
+
+    torch.manual_seed(0)
+    x = torch.bernoulli(torch.full((64, 7), 0.4, dtype=torch.float64))
+    gauss = VAE(posteriors.build("gaussian", 2), [8], data_dim=7).double()
+    mu, log_sigma, _ = gauss.encode(x)
+    assert torch.equal(
+        quadrature.posterior_reach(gauss, x), (mu.abs() + 4 * log_sigma.exp()).amax(-1)
+    )
+
+    iaf = VAE(posteriors.build("iaf", 2, steps=2, hidden=16, forget_bias=-2.5), [8], data_dim=7)
+    iaf = iaf.double()
+    with torch.no_grad():
+        iaf.encoder.head.bias[:4].add_(3.0)  # a wide base Gaussian, shrunk by sigmoid(-2.5)^2
+        mu, log_sigma, h = iaf.encode(x)
+        base_reach = (mu.abs() + 4 * log_sigma.exp()).amax(-1)
+        reach = quadrature.posterior_reach(iaf, x)
+        eps = torch.randn(4000, *mu.shape, dtype=mu.dtype)
+        z0 = (mu + log_sigma.exp() * eps).reshape(-1, 2)
+        z, _ = iaf.posterior.transform(z0, h.expand(4000, *h.shape).reshape(-1, h.shape[-1]))
+        z = z.reshape(4000, -1, 2).abs().amax(-1)  # (samples, images)
+    assert torch.all(reach < base_reach / 20)
+    assert float((z > reach).double().mean()) < 1e-3  # q's mass beyond 4 sd: about 3e-4
+    assert torch.all(z.amax(0) < 2 * reach)

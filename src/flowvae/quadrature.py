@@ -217,6 +217,21 @@ def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def posterior_reach(model: VAE, x: torch.Tensor, radius: float = 4.0, directions: int = 16):
+    """max_i |z_i| over z = T(mu + sigma * radius * (cos a, sin a); h) at ``directions`` angles a,
+    per image (N,): how far q(z|x) reaches in z, not in the base space (an IAF's base Gaussian
+    can be many times wider than q). For the Gaussian family it equals max_i |mu_i| + 4 sigma_i.
+    """
+    mu, log_sigma, h = model.encode(x)
+    a = torch.arange(directions, dtype=torch.float64) * (2 * math.pi / directions)
+    eps = (radius * torch.stack([a.cos(), a.sin()], -1)).to(x.device, x.dtype)  # (A, 2)
+    z0 = (mu + log_sigma.exp() * eps[:, None, :]).reshape(-1, mu.shape[-1])
+    h = None if h is None else h.expand(directions, *h.shape).reshape(-1, h.shape[-1])
+    z, _ = model.posterior.transform(z0, h)
+    return z.abs().reshape(directions, -1, mu.shape[-1]).amax(dim=(0, 2))
+
+
 def adaptive_log_marginal(
     model: VAE,
     x: torch.Tensor,
@@ -227,8 +242,8 @@ def adaptive_log_marginal(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """log p(x) with every image's bound (see ``bounded_log_marginal``) refined below ``tol``.
 
-    All images first share one lattice: extent E = the 99th percentile over images of
-    max_i |mu_i| + 4 sigma_i (at least 3), spacing h = 0.025 (or the given values). Then every
+    All images first share one lattice: extent E = the 99th percentile over images of how far
+    q reaches (``posterior_reach``; at least 3), spacing h = 0.025 (or the given values). Then every
     image whose bound exceeds tol, or whose peak spans fewer than MIN_N_EFF lattice points, gets
     a window of its own, all such images at once: centre the posterior mean, spacing 0.8
     posterior sd per axis (as seen on the lattice, at least h/4), half-width 7 steps.
@@ -238,9 +253,7 @@ def adaptive_log_marginal(
     Returns the per-image arrays (plus the smaller ``spacing`` used per image) and a summary.
     """
     if extent is None:
-        mu, log_sigma, _ = model.encode(x)
-        reach = (mu.abs() + 4 * log_sigma.exp()).amax(-1)
-        extent = max(3.0, math.ceil(2 * float(torch.quantile(reach, 0.99))) / 2)
+        extent = max(3.0, math.ceil(2 * float(torch.quantile(posterior_reach(model, x), 0.99))) / 2)
     spacing = spacing or 0.025  # resolves most posteriors of the study: few windows
     out = bounded_log_marginal(model, x, extent, spacing)
     out["spacing"] = torch.full_like(out["log_px"], spacing)
