@@ -129,3 +129,23 @@ def test_checks_pass_on_consistent_numbers_and_name_each_failure():
     }  # fmt: skip
     assert bad["gap_nonnegative"]["value"] == pytest.approx(120.0 - 121.0 + 0.25)
     assert np.isclose(bad["elbo_error"]["value"], 0.2)
+
+
+def test_standard_error_survives_float32_at_the_studys_scale():
+    """A float32 model with -ELBO ~ 500 nats and replica spreads of ~0.01 nats (the study's
+    regime): the stated standard error equals the one of the same replicas in float64 (a float32
+    sum of squares cancelled it to 0 or to a few quantized values)."""
+    torch.manual_seed(5)
+    model = VAE(posteriors.build("gaussian", 2), [16], data_dim=784)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        model.encoder.head.bias[2:4].fill_(-4.0)  # narrow posteriors: small replica spread
+    model.eval()
+    x = torch.bernoulli(torch.full((16, 784), 0.4), generator=torch.Generator().manual_seed(6))
+    out32 = adaptive_elbo(model, x, seed=0)
+    out64 = adaptive_elbo(model.double(), x.double(), seed=0)
+    assert float(out32["neg_elbo"].mean()) > 300
+    assert torch.all(out64["neg_elbo_err"] > 1e-4)
+    ratio = out32["neg_elbo_err"].double() / out64["neg_elbo_err"]
+    assert torch.all((ratio > 0.8) & (ratio < 1.25)), (out32["neg_elbo_err"], out64["neg_elbo_err"])

@@ -140,9 +140,11 @@ def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False
     """``rqmc_elbo`` with ELBO_REPLICAS replicas of ELBO_POINTS points per image, then more
     replicas (ELBO_REPLICAS at a time, up to ELBO_MAX_REPLICAS) for the images whose standard
     error still exceeds ELBO_TOL * 0.8; every replica of an image uses its own scrambling."""
+    # float64 sums: the variance of ~0.05-nat replica spreads around values of ~100 nats is
+    # lost to cancellation in float32 sums of squares (it came out 0 or quantized)
     sums: dict[str, torch.Tensor] = {}
-    sq = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    count = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    count = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     todo = torch.arange(x.shape[0], device=x.device)
     r0 = 0
     while todo.numel() and r0 < ELBO_MAX_REPLICAS:
@@ -152,16 +154,16 @@ def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False
                 rule = base_points("sobol", ELBO_POINTS, seed + r, dim=model.latent_dim)
                 terms = elbo_rule(model, x[idx], *rule)
                 for k, v in terms.items():
-                    sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v)
-                sq.index_add_(0, idx, terms["neg_elbo"] ** 2)
+                    sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v.double())
+                sq.index_add_(0, idx, terms["neg_elbo"].double() ** 2)
                 count[idx] += 1
         r0 += ELBO_REPLICAS
         mean = sums["neg_elbo"] / count
         var = (sq / count - mean**2).clamp(min=0) * count / (count - 1)
         err = (var / count).sqrt()
         todo = (err > 0.8 * ELBO_TOL).nonzero()[:, 0]
-    out = {k: v / count for k, v in sums.items()}
-    out["neg_elbo_err"], out["replicas"] = err, count
+    out = {k: (v / count).to(x.dtype) for k, v in sums.items()}
+    out["neg_elbo_err"], out["replicas"] = err.to(x.dtype), count.to(x.dtype)
     return out
 
 
