@@ -3,7 +3,8 @@
 #   make quick       a tiny run of every step (config/quick.yaml)
 #   make tuning      the tuning stage of the hyperparameter protocol, then adopt its selection
 #   make test        the default test suite (about 10 minutes)
-#   make test-all    every test, the long checks too (what CI runs; about 50 minutes)
+#   make test-all    the default suite and the long checks (what CI runs)
+#   make mutations   every deliberately wrong formula of tests/mutations.py must fail a test
 #   make lint        snakemake --lint, snakefmt, ruff
 
 VENV ?= .venv
@@ -14,7 +15,7 @@ SNAKEMAKE := $(VENV)/bin/snakemake
 # The rules call `python -m flowvae`: put the environment's python first on the PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: reproduce quick tuning test test-all lint report clean
+.PHONY: reproduce quick tuning test test-all mutations lint report clean
 
 $(PYTHON):
 	$(PYTHON3) -m venv $(VENV)
@@ -34,14 +35,17 @@ tuning: $(PYTHON)
 
 # The default suite: everything but the checks of minutes each (marked slow).
 test: $(PYTHON)
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -m "not slow and not mutations"
 
 # What CI runs: the default suite and the slow checks (the quick protocol, kill and resume,
-# --cores 1 against 2, the mutation run, and the SLURM tests (marker slurm), which install and
+# --cores 1 against 2, and the SLURM tests (marker slurm), which install and
 # start a single-node SLURM where they can (as root, with apt-get) and are skipped, saying why,
 # where they cannot).
 test-all: $(PYTHON)
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -m "not mutations"
+
+mutations: $(PYTHON)
+	$(PYTHON) tests/mutations.py
 
 lint: $(PYTHON)
 	$(SNAKEMAKE) --lint

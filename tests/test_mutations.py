@@ -26,7 +26,7 @@ def test_a_pattern_that_no_longer_matches_stops_the_script():
         mutations.mutated_text(m)
 
 
-@pytest.mark.slow
+@pytest.mark.mutations
 def test_every_mutation_is_caught():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=3600

@@ -579,8 +579,8 @@ def test_ci_runs_the_readmes_whole_suite():
         text=True,
     )
     assert make.stdout.splitlines()[-2:] == [
-        '.venv/bin/python -m pytest -m "not slow"',
-        ".venv/bin/python -m pytest",
+        '.venv/bin/python -m pytest -m "not slow and not mutations"',
+        '.venv/bin/python -m pytest -m "not mutations"',
     ], make.stdout
 
 
