@@ -217,7 +217,6 @@ def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def posterior_reach(model: VAE, x: torch.Tensor, radius: float = 4.0, directions: int = 16):
     """max_i |z_i| over z = T(mu + sigma * radius * (cos a, sin a); h) at ``directions`` angles a,
     per image (N,): how far q(z|x) reaches in z, not in the base space (an IAF's base Gaussian
@@ -232,6 +231,7 @@ def posterior_reach(model: VAE, x: torch.Tensor, radius: float = 4.0, directions
     return z.abs().reshape(directions, -1, mu.shape[-1]).amax(dim=(0, 2))
 
 
+@torch.no_grad()
 def adaptive_log_marginal(
     model: VAE,
     x: torch.Tensor,
