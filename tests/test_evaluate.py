@@ -104,6 +104,8 @@ def table(**columns) -> pd.DataFrame:
         "iwae_nll": [119.0, 128.0],
         "exact_nll": [118.0, 127.5],
         "exact_nll_bound": [0.001, 0.002],
+        "index": [7, 9],
+        "neg_elbo_replicas": [8, 256],
     }
     df = pd.DataFrame({**base, **columns})
     df["gap"] = df["neg_elbo"] - df["exact_nll"]
@@ -129,6 +131,12 @@ def test_checks_pass_on_consistent_numbers_and_name_each_failure():
     }  # fmt: skip
     assert bad["gap_nonnegative"]["value"] == pytest.approx(120.0 - 121.0 + 0.25)
     assert np.isclose(bad["elbo_error"]["value"], 0.2)
+    # each failure says which image and what limit: the summary prints it
+    assert "worst image 7" in bad["elbo_error"]["why"]
+    assert bad["gap_nonnegative"]["why"].startswith("image 7: gap -1")
+    quad = {"max_levels": 8, "worst_image": 7, "worst_spacing_err": 0.04}
+    why = run_checks(table(exact_nll_bound=[0.05, 0.0]), iwae, quad)["quadrature_bound"]["why"]
+    assert why.startswith("1 images over 0.01 nats after 8 refinement levels; worst image 7")
 
 
 def test_standard_error_survives_float32_at_the_studys_scale():

@@ -213,7 +213,9 @@ def test_summarize_skips_all_nan_columns(tmp_path: Path) -> None:
 
 def check(value: float, threshold: float, op: str = "<=") -> dict:
     passed = value <= threshold if op == "<=" else value >= threshold
-    return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": "w"}
+    why = f"worst image 3 at {value}"
+    return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": "w",
+            "why": why}  # fmt: skip
 
 
 def test_checks_table_lists_every_check_and_warns_on_a_failure(tmp_path: Path, caplog) -> None:
@@ -236,6 +238,7 @@ def test_checks_table_lists_every_check_and_warns_on_a_failure(tmp_path: Path, c
     fails = [r for r in rows if "**FAIL**" in r]
     assert len(fails) == 1 and "| iaf | 1 | quadrature_bound | 0.03 | <= 0.01 |" in fails[0]
     assert "1 of 8 checks FAIL: quadrature_bound for iaf seed 1" in table
+    assert "- quadrature_bound, iaf seed 1: worst image 3 at 0.03" in table  # and why
     assert "quadrature_bound for iaf seed 1" in caplog.text
     assert "median gap (nats)" in text
 

@@ -361,7 +361,7 @@ def check_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run, check): variant, seed (and sweep), check, value, op, threshold, passed."""
     keys = [k for k in (*SWEEP_KEYS, "variant", "seed") if k in df]
     rows = [{**{k: r[k] for k in keys}, **c} for _, r in df.iterrows() for c in _checks_of_row(r)]
-    columns = [*keys, "check", "value", "op", "threshold", "passed", "what"]
+    columns = [*keys, "check", "value", "op", "threshold", "passed", "what", "why"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -387,6 +387,12 @@ def _check_lines(checks: pd.DataFrame) -> list[str]:
         lines.append(f"All {len(checks)} checks pass.")
     else:
         lines.append(f"{len(failed)} of {len(checks)} checks FAIL: {_failure_list(failed)}.")
+        lines += ["", "Why each failed (from the evaluation's own record):", ""]
+        lines += [
+            f"- {r['check']}, {r['variant']} seed {r['seed']}: "
+            + (r["why"] if isinstance(r["why"], str) and r["why"] else "no record")
+            for _, r in failed.iterrows()
+        ]
     return lines
 
 
