@@ -531,6 +531,7 @@ def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
     assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
 
 
+@pytest.mark.slow  # 87 s: a whole quick study of its own (make test-all, CI)
 def test_other_latent_sizes_run_end_to_end(tmp_path):
     """latent_dim 3 on the quick config: training, test loss, IWAE, curves, pictures, the
     statistics and the report; the 2-D-only steps are left out, saying why."""
