@@ -126,7 +126,16 @@ MUTATIONS = [Mutation(*row) for row in [
      "log_area = torch.log(step[b : b + per]).sum(-1)",
      "log_area = -torch.log(step[b : b + per]).sum(-1)", QUAD),
     ("quad_no_prior", "quadrature.py",
-     "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD, 2),
+     "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD),
+    ("quad_window_no_prior", "quadrature.py",
+     "return log_lik + model.log_prior(z)", "return log_lik", QUAD),
+    # the study's path: per-image windows of one shared lattice (shared_windows)
+    ("quad_shared_cell_area", "quadrature.py",
+     "h2 = 2 * math.log(spacing)\n    return _bound", "h2 = math.log(spacing)\n    return _bound",
+     QUAD),
+    ("quad_shared_ring_dropped", "quadrature.py",
+     "outer.add(rows, lj.masked_fill(~in_ring, -math.inf), z)",
+     "outer.add(rows, lj.masked_fill(in_ring | ~in_ring, -math.inf), z)", QUAD),
     # COT-Flow: dz/dt = -grad Phi, d l/dt = -tr Hess Phi (closed form), RK4, penalty L and R
     ("cotflow_trace_half", "posteriors/cotflow.py", "-trace", "-0.5 * trace", FAM, 2),
     ("cotflow_trace_no_quadratic", "posteriors/cotflow.py",
