@@ -150,7 +150,6 @@ def test_lattice_extent_follows_q_in_z_not_its_base_gaussian():
     assert torch.all(z.amax(0) < 2 * reach)
 
 
-
 def test_each_image_gets_its_own_window_also_where_its_posterior_leaves_the_search_square(
     monkeypatch,
 ):
