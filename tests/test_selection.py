@@ -112,7 +112,7 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
                 "labels": c.labels,
                 "overrides": c.overrides,
                 "seed": 100,
-                # a loss that prefers lr 3e-3, 30 epochs and each variant's second option
+                # a loss that prefers lr 3e-3, the longest training and each variant's second option
                 "final_val_loss": 200 - 1e4 * c.labels["lr"] - c.labels["epochs"] - 5 * i,
                 "train_seconds": 1.0,
                 "seconds_per_epoch": 0.1 if c.variant == "standard" else 0.3,
@@ -127,12 +127,15 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
     assert changed == s.variants
     adopted = config_mod.load([config], None, [])
     assert selection.difference(adopted, table) == []
+    longest = max(s.cfg["tuning"]["shared"]["epochs"])
     assert config_mod.train_settings(adopted, "iaf") | {"lr": 0} == config_mod.train_settings(
         s.cfg, "iaf"
-    ) | {"lr": 0, "epochs": 30}
+    ) | {"lr": 0, "epochs": longest}
     assert config_mod.variant_settings(adopted, "pcpmap")["depth"] == 2
-    # equal compute: 30 epochs of the slower variants take 9 s, as do 90 of the standard's
-    assert adopted["equal_compute"] == {"standard": 90, "iaf": 30, "pcpmap": 30, "cotflow": 30}
+    # equal compute: the slower variants' epochs take 0.3 s each, the standard's 0.1 s: 3x
+    assert adopted["equal_compute"] == {
+        "standard": 3 * longest, "iaf": longest, "pcpmap": longest, "cotflow": longest
+    }  # fmt: skip
     # the rest of the file is kept, and a second adoption changes nothing
     assert adopted["tuning"] == s.cfg["tuning"] and adopted["seeds"] == s.cfg["seeds"]
     assert selection.adopt(config, table) == []
