@@ -23,6 +23,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
+from flowvae.config import train_settings
 from flowvae.figures import REGISTRY
 
 BIN = Path(sys.executable).parent
@@ -122,7 +123,11 @@ def test_study_plans_every_variant_and_seed(tmp_path):
     spec = STUDY["tuning"]
     trials = len(spec["shared"]["lr"]) * len(spec["shared"]["epochs"]) * 2  # 2 own options
     assert jobs["train_tuning"] == trials * len(STUDY["variants"]) * len(spec["seeds"]) == 48
-    assert jobs["select"] == 1 and "train_compute" not in jobs  # equal_compute: not adopted yet
+    assert jobs["select"] == 1
+    # equal compute: the variants that train longer than their own epochs, again on every seed
+    own = {v: train_settings(STUDY, v)["epochs"] for v in STUDY["variants"]}
+    longer = [v for v, e in STUDY["equal_compute"].items() if e != own[v]]
+    assert longer and jobs["train_compute"] == jobs["evaluate_compute"] == len(longer) * 5
     written = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
     assert written and all("settings" in p.relative_to(tmp_path).parts for p in written), (
         "a dry run writes only the settings files"

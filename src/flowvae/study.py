@@ -625,7 +625,12 @@ class Study:
     def sweep_config(self, sweep: Sweep, value: Any) -> dict:
         """The study's config with the sweep's key set to ``value``, validated."""
         trial = copy.deepcopy(self.cfg)
-        config_mod.set_dotted(trial, sweep.key.split("."), copy.deepcopy(value))
+        keys = sweep.key.split(".")
+        config_mod.set_dotted(trial, keys, copy.deepcopy(value))
+        if keys[0] == "train":  # a variant's own setting (selected by tuning) would shadow it
+            for settings in trial["variants"].values():
+                if keys[1] in settings.get("train", {}):
+                    settings["train"][keys[1]] = copy.deepcopy(value)
         return config_mod.validate(trial)
 
     # ------------------------------------------------------------------ targets
