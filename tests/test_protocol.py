@@ -4,6 +4,7 @@ training time, with the protocol in the summary."""
 
 import pandas as pd
 import pytest
+import yaml
 from conftest import REPO_ROOT
 from pipeline import QUICK, failure, flowvae, snakemake
 
@@ -18,6 +19,11 @@ pytestmark = pytest.mark.slow
 def protocol_configs(tmp):
     """The quick protocol's config files, the last one written by the fixture into ``tmp``."""
     return [QUICK, "config/quick_tuning.yaml", tmp / "smaller.yaml"]
+
+
+def final_configs(tmp):
+    """The final comparison's config files: the quick ones, then the adopted selection."""
+    return [*protocol_configs(tmp), tmp / "selected.yaml"]
 
 
 # Two variants (the reference and one flow) and one final seed keep it to a few minutes; the
@@ -37,7 +43,12 @@ def protocol(tmp_path_factory):
     adopted = flowvae("adopt", "--selection", tmp / "results" / "selection.csv",
                       "--config-file", config)  # fmt: skip
     assert adopted.returncode == 0, adopted.stderr
-    proc = snakemake("--cores", "2", tmp=tmp, configfiles=[config, *configs], timeout=1200)
+    # the adopted block goes last: quick.yaml sets every variant's own epochs, which would
+    # otherwise win over the selection
+    block = yaml.safe_load(config.read_text())
+    selected = {k: block[k] for k in ("variants", "equal_compute")}
+    (tmp / "selected.yaml").write_text(yaml.safe_dump(selected, sort_keys=False))
+    proc = snakemake("--cores", "2", tmp=tmp, configfiles=final_configs(tmp), timeout=1200)
     assert proc.returncode == 0, failure(proc, tmp)
     return tmp
 
@@ -58,7 +69,7 @@ def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protoco
 
 
 def test_final_comparison_runs_at_the_selected_settings(protocol):
-    cfg = config_mod.load([protocol / "config.yaml", *protocol_configs(protocol)])
+    cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *final_configs(protocol)])
     table = pd.read_csv(protocol / "results" / "selection.csv")
     assert selection.difference(cfg, table) == []
     chosen = selection.selected(table)
@@ -73,7 +84,7 @@ def test_final_comparison_runs_at_the_selected_settings(protocol):
 
 
 def test_equal_compute_trains_the_faster_variants_longer(protocol):
-    cfg = config_mod.load([protocol / "config.yaml", *protocol_configs(protocol)])
+    cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *final_configs(protocol)])
     ec = pd.read_csv(protocol / "results" / "equal_compute" / "metrics.csv")
     assert set(ec["variant"]) == set(cfg["run_variants"]) == set(cfg["equal_compute"])
     for variant, epochs in cfg["equal_compute"].items():
