@@ -69,12 +69,6 @@ def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protoco
         assert (protocol / "figures" / name).stat().st_size > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open defect: since config.yaml carries an adopted selection, the quick protocol's "
-    "summary finds equal_compute different from the selection although the package's own "
-    "merge of the same files agrees (selection.difference == []); not yet explained",
-)
 def test_final_comparison_runs_at_the_selected_settings(protocol):
     cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *final_configs(protocol)])
     table = pd.read_csv(protocol / "results" / "selection.csv")

@@ -113,8 +113,10 @@ def difference(cfg: dict, selection: pd.DataFrame) -> list[str]:
                         out.append(f"variants.{variant}.train.{tkey}")
             elif entry.get(key) != value:
                 out.append(f"variants.{variant}.{key}")
-    if not out and cfg.get("equal_compute") != equal_compute(cfg, selection):
-        out.append("equal_compute")
+    if not out:  # the selected variants' equal-compute epochs (others may be listed too)
+        have = cfg.get("equal_compute") or {}
+        if any(have.get(v) != e for v, e in equal_compute(cfg, selection).items()):
+            out.append("equal_compute")
     return out
 
 
