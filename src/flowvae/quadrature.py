@@ -67,29 +67,11 @@ def _lattice_log_sum(
     (lattice points under the peak); mean (N, 2) and sd (N, 2) of z under the weights w_g p_g.
     """
     step = max(1, MAX_ELEMENTS // max(x.shape[0], x.shape[1]))
-    n = x.shape[0]
-    top = torch.full((n,), -math.inf, device=x.device, dtype=x.dtype)
-    s0, s00 = torch.zeros_like(top), torch.zeros_like(top)
-    s1 = torch.zeros(n, 2, device=x.device, dtype=x.dtype)
-    s2 = torch.zeros_like(s1)
+    sums, rows = _Sums(x.shape[0], x), torch.arange(x.shape[0], device=x.device)
     for i in range(0, z.shape[0], step):
         zc = z[i : i + step]
-        lj = log_joint(model, x, zc) + log_w[i : i + step]
-        new_top = torch.maximum(top, lj.amax(1))
-        scale = torch.exp(top - new_top).nan_to_num(0.0)  # rescale the running sums
-        e = torch.exp(lj - new_top[:, None])
-        s0 = s0 * scale + e.sum(1)
-        s00 = s00 * scale**2 + (e * e).sum(1)
-        s1 = s1 * scale[:, None] + e @ zc
-        s2 = s2 * scale[:, None] + e @ zc**2
-        top = new_top
-    mean = s1 / s0[:, None]
-    return {
-        "log_sum": top + torch.log(s0) + log_area,
-        "n_eff": s0**2 / s00,
-        "mean": mean,
-        "sd": (s2 / s0[:, None] - mean**2).clamp(min=0).sqrt(),
-    }
+        sums.add(rows, log_joint(model, x, zc) + log_w[i : i + step], zc)
+    return sums.result(log_area)
 
 
 def lattice(
