@@ -171,3 +171,24 @@ def test_each_image_gets_its_own_window_also_where_its_posterior_leaves_the_sear
     # the square alone, as the old lattice summed it, misses the edge images' outer mass
     square = quadrature.bounded_log_marginal(None, x, extent=3.0, spacing=0.05, ring=0.05)
     assert (exact - square["log_px"])[1:3].min() > 0.05
+
+
+def test_paired_log_joint_runs_the_decoder_in_blocks_of_points(monkeypatch):
+    """A refinement window larger than MAX_ELEMENTS is decoded in blocks of points (memory): the
+    blocks give log p(x_b, z_bp) = sum_j [x_j l_j - softplus(l_j)] + log p(z) at every point."""
+    from flowvae import posteriors
+    from flowvae.vae import VAE
+
+    torch.manual_seed(1)
+    model = VAE(posteriors.build("gaussian", 2), [16], data_dim=30).double()
+    x = torch.bernoulli(torch.full((3, 30), 0.3, dtype=torch.float64))
+    z = torch.randn(3, 500, 2, dtype=torch.float64) * 2
+    logits = model.decoder(z)
+    want = (x[:, None] * logits - nn.functional.softplus(logits)).sum(-1) + VAE.log_prior(z)
+    calls = []
+    decoder = model.decoder.forward
+    monkeypatch.setattr(model.decoder, "forward", lambda z: calls.append(z.shape) or decoder(z))
+    monkeypatch.setattr(quadrature, "MAX_ELEMENTS", 3 * 30 * 64)  # 64 points a block
+    got = quadrature.log_joint_paired(model, x, z)
+    assert torch.allclose(got, want, rtol=0, atol=1e-10)
+    assert len(calls) == 8 and all(s[1] <= 64 for s in calls)

@@ -40,10 +40,18 @@ def log_joint(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def log_joint_paired(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x_b, z_bp) for each image's own points: images (B, 784), z (B, P, 2) -> (B, P)."""
-    logits = model.decoder(z)
-    log_lik = torch.bmm(logits, x[:, :, None])[..., 0] - F.softplus(logits).sum(-1)
-    return log_lik + model.log_prior(z)
+    """log p(x_b, z_bp) for each image's own points: images (B, 784), z (B, P, 2) -> (B, P).
+
+    The decoder runs on blocks of points whose (B, points, pixels) logits stay within
+    MAX_ELEMENTS, so a large refinement window does not hold all its logits at once.
+    """
+    cols = max(1, MAX_ELEMENTS // (z.shape[0] * max(1, x.shape[1])))
+    blocks = []
+    for i in range(0, z.shape[1], cols):
+        logits = model.decoder(z[:, i : i + cols])
+        log_lik = torch.bmm(logits, x[:, :, None])[..., 0] - F.softplus(logits).sum(-1)
+        blocks.append(log_lik + model.log_prior(z[:, i : i + cols]))
+    return torch.cat(blocks, 1)
 
 
 @torch.no_grad()
