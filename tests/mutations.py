@@ -128,7 +128,8 @@ MUTATIONS = [Mutation(*row) for row in [
     ("quad_no_prior", "quadrature.py",
      "F.softplus(logits).sum(-1) + model.log_prior(z)", "F.softplus(logits).sum(-1)", QUAD),
     ("quad_window_no_prior", "quadrature.py",
-     "return log_lik + model.log_prior(z)", "return log_lik", QUAD),
+     "blocks.append(log_lik + model.log_prior(z[:, i : i + cols]))", "blocks.append(log_lik)",
+     QUAD),
     # the study's path: per-image windows of one shared lattice (shared_windows)
     ("quad_shared_cell_area", "quadrature.py",
      "h2 = 2 * math.log(spacing)\n    return _bound", "h2 = math.log(spacing)\n    return _bound",
