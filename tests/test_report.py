@@ -260,3 +260,33 @@ def test_summary_reports_median_and_trimmed_mean_gap(tmp_path: Path) -> None:
     assert cells["median gap (nats)"] == "1.50 ± 0.71"
     assert cells["5%-trimmed mean gap (nats)"] == "2.00 ± 0.00"
     assert "No checks were recorded" in text
+
+
+def test_equal_compute_runs_have_their_checks_in_the_summary_and_the_warning(
+    tmp_path: Path, caplog
+) -> None:
+    """The equal-time runs trained only for that comparison are checked like the final runs;
+    a run shared with the final comparison (same epochs) is not listed twice."""
+
+    def table(name: str, epochs: dict, failing: tuple | None) -> Path:
+        rows = []
+        for v, e in epochs.items():
+            for seed in (0, 1):
+                bad = (v, seed) == failing
+                checks = {"elbo_error": check(0.08 if bad else 0.03, 0.05)}
+                rows.append(metrics_record(v, seed, 120.0 + seed, checks=checks, epochs=e))
+        paths = [write_metrics(tmp_path / name, r) for r in rows]
+        report.aggregate(paths, tmp_path / f"{name}.csv")
+        return tmp_path / f"{name}.csv"
+
+    final = table("final", {"standard": 10, "iaf": 10}, None)
+    ec = table("ec", {"standard": 20, "iaf": 10}, ("standard", 1))
+    with caplog.at_level("WARNING"):
+        text = report.summarize(final, tmp_path / "s.md", equal_compute_csv=ec)
+    section = text.split("## Equal training time")[1]
+    checked = [r for r in section.split("| check |")[1].splitlines() if "| elbo_error |" in r]
+    assert [r.split("|")[1:3] for r in checked] == [[" standard ", " 0 "], [" standard ", " 1 "]]
+    assert "1 of 2 checks FAIL: elbo_error for standard seed 1" in section
+    assert "All 4 checks pass." in text.split("## Equal training time")[0]
+    assert "elbo_error for standard seed 1" in caplog.text
+    assert any("elbo_error for standard seed 1" in s for s in report.failed_checks(tmp_path / "s.md"))

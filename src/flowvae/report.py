@@ -453,11 +453,17 @@ def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
     return lines
 
 
-def equal_compute_lines(df: pd.DataFrame, compute_csv: Path, reference: str) -> list[str]:
-    """The equal-compute comparison (every variant the same training seconds) and which of
-    the two comparisons the claim survives."""
-    ec = pd.read_csv(compute_csv)
-    ec["variant"] = ec["variant"].astype(str)
+def own_runs(df: pd.DataFrame, ec: pd.DataFrame) -> pd.DataFrame:
+    """The equal-compute runs that are not final-comparison runs (their epochs differ)."""
+    if "epochs" not in df or "epochs" not in ec:
+        return ec
+    final = df.groupby("variant")["epochs"].first()
+    return ec[ec["epochs"].to_numpy() != ec["variant"].map(final).to_numpy()]
+
+
+def equal_compute_lines(df: pd.DataFrame, ec: pd.DataFrame, reference: str) -> list[str]:
+    """The equal-compute comparison (every variant the same training seconds), the checks of
+    its own runs, and which of the two comparisons the claim survives."""
     variants = sorted(ec["variant"].unique(), key=lambda v: (v != reference, v))
     flows = [v for v in variants if v != reference]
     rows = [
@@ -476,6 +482,11 @@ def equal_compute_lines(df: pd.DataFrame, compute_csv: Path, reference: str) -> 
         "epoch measured in the tuning stage), so faster variants train for more epochs.",
         "",
         *_table(["variant", "epochs (equal epochs)", "epochs (equal time)", "train s"], rows),
+        "",
+        "Checks of the runs trained only for this comparison (the others are the final "
+        "comparison's runs, checked above):",
+        "",
+        *_check_lines(check_table(own_runs(df, ec))),
         "",
         *_summary_lines(ec, reference),
         "",
@@ -526,7 +537,10 @@ def summarize(
     else:
         lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
     if equal_compute_csv is not None:
-        lines += equal_compute_lines(df, Path(equal_compute_csv), reference)
+        ec = pd.read_csv(equal_compute_csv)
+        ec["variant"] = ec["variant"].astype(str)
+        lines += equal_compute_lines(df, ec, reference)
+        checks = pd.concat([checks, check_table(own_runs(df, ec))], ignore_index=True)
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
     failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks
