@@ -144,7 +144,7 @@ MUTATIONS = [Mutation(*row) for row in [
     ("cotflow_logdet_sign", "posteriors/cotflow.py",
      "        return z, logdet\n", "        return z, -logdet\n", FAM),
     ("cotflow_hjb_dt_sign", "posteriors/cotflow.py",
-     "(speed - dt_phi).abs()", "(speed + dt_phi).abs()", FAM),
+     "(speed - dt_phi).abs()", "(speed + dt_phi).abs()", (*FAM, "test_posteriors.py")),
     ("cotflow_half_time_step", "posteriors/cotflow.py",
      "1.0) / self.steps", "0.5) / self.steps", FAM),
     # training schedule: cosine lr, linear KL warm-up
