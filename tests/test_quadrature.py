@@ -192,3 +192,22 @@ def test_paired_log_joint_runs_the_decoder_in_blocks_of_points(monkeypatch):
     got = quadrature.log_joint_paired(model, x, z)
     assert torch.allclose(got, want, rtol=0, atol=1e-10)
     assert len(calls) == 8 and all(s[1] <= 64 for s in calls)
+
+
+def test_window_sums_in_parts_equal_the_whole_window(monkeypatch):
+    """A very large refinement window is summed in parts of WINDOW_POINTS points: log sum,
+    n_eff and the moments of z equal those of the window taken whole."""
+    from flowvae import posteriors
+    from flowvae.vae import VAE
+
+    torch.manual_seed(2)
+    model = VAE(posteriors.build("gaussian", 2), [16], data_dim=30).double()
+    x = torch.bernoulli(torch.full((3, 30), 0.3, dtype=torch.float64))
+    center = torch.randn(3, 2, dtype=torch.float64)
+    step = torch.tensor([[0.05, 0.08], [0.1, 0.02], [0.07, 0.07]], dtype=torch.float64)
+    whole = quadrature._window_sums(model, x, center, step, 12, "trapezoid")
+    monkeypatch.setattr(quadrature, "WINDOW_POINTS", 37)  # 625 points in 17 parts
+    parts = quadrature._window_sums(model, x, center, step, 12, "trapezoid")
+    for k in whole:
+        assert torch.allclose(parts[k], whole[k], rtol=1e-12, atol=1e-12), k
+    assert whole["sd"].min() > 0.05  # the moments are not trivially zero

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MIN_N_EFF = 4 * math.pi  # lattice points under a peak of width h (see bounded_log_marginal)
 MAX_ELEMENTS = 2**23  # entries of the (images x points) and (points x pixels) blocks: 32 MiB each
+WINDOW_POINTS = 2**20  # a refinement window's points per part (its moments are summed by parts)
 
 
 def latent_grid(extent: float, points: int, device=None, dtype=None):
@@ -183,20 +184,34 @@ def _window_sums(
     u, log_w = lattice(float(n), 1.0, rule, inner=float(inner), device=x.device, dtype=x.dtype)
     per = max(1, MAX_ELEMENTS // (u.shape[0] * max(1, x.shape[1])))  # images per decoder block
     out = {"log_sum": [], "n_eff": [], "mean": [], "sd": []}
+    parts = range(0, u.shape[0], WINDOW_POINTS)  # one part unless the window is very large
     for b in range(0, x.shape[0], per):
-        z = center[b : b + per, None, :] + u[None] * step[b : b + per, None, :]
-        lj = log_joint_paired(model, x[b : b + per], z) + log_w
+        c, h = center[b : b + per, None, :], step[b : b + per, None, :]
+        lj = torch.cat(
+            [log_joint_paired(model, x[b : b + per], c + u[None, i : i + WINDOW_POINTS] * h)
+             for i in parts], 1,
+        ) + log_w  # fmt: skip
         top = lj.amax(1, keepdim=True)
         e = torch.exp(lj - top)
         s0 = e.sum(1)
-        mean = (e[..., None] * z).sum(1) / s0[:, None]
-        var = (e[..., None] * (z - mean[:, None]) ** 2).sum(1) / s0[:, None]
+        mean = _moment(e, c, u, h, 1) / s0[:, None]
+        var = _moment(e, c, u, h, 2, mean[:, None]) / s0[:, None]
         log_area = torch.log(step[b : b + per]).sum(-1)
         out["log_sum"].append(top[:, 0] + torch.log(s0) + log_area)
         out["n_eff"].append(s0**2 / (e * e).sum(1))
         out["mean"].append(mean)
         out["sd"].append(var.clamp(min=0).sqrt())
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _moment(e, c, u, h, power: int, about: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """sum_p e_bp (z_bp - about_b)^power with z_bp = c_b + u_p h_b, in parts of WINDOW_POINTS
+    points so that no (images, points, 2) array of a large window is held whole."""
+    return sum(
+        (e[:, i : i + WINDOW_POINTS, None] * (c + u[None, i : i + WINDOW_POINTS] * h - about)
+         ** power).sum(1)
+        for i in range(0, u.shape[0], WINDOW_POINTS)
+    )  # fmt: skip
 
 
 def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:
