@@ -184,13 +184,10 @@ def _window_sums(
     u, log_w = lattice(float(n), 1.0, rule, inner=float(inner), device=x.device, dtype=x.dtype)
     per = max(1, MAX_ELEMENTS // (u.shape[0] * max(1, x.shape[1])))  # images per decoder block
     out = {"log_sum": [], "n_eff": [], "mean": [], "sd": []}
-    parts = range(0, u.shape[0], WINDOW_POINTS)  # one part unless the window is very large
     for b in range(0, x.shape[0], per):
         c, h = center[b : b + per, None, :], step[b : b + per, None, :]
-        lj = torch.cat(
-            [log_joint_paired(model, x[b : b + per], c + u[None, i : i + WINDOW_POINTS] * h)
-             for i in parts], 1,
-        ) + log_w  # fmt: skip
+        parts = [log_joint_paired(model, x[b : b + per], z) for _, z in _window_parts(c, u, h)]
+        lj = torch.cat(parts, 1) + log_w
         top = lj.amax(1, keepdim=True)
         e = torch.exp(lj - top)
         s0 = e.sum(1)
@@ -204,14 +201,16 @@ def _window_sums(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+def _window_parts(c: torch.Tensor, u: torch.Tensor, h: torch.Tensor):
+    """(slice, z) over a window's points in parts of WINDOW_POINTS: z_bp = c_b + u_p h_b, so
+    that no (images, points, 2) array of a large window is held whole (one part otherwise)."""
+    for i in range(0, u.shape[0], WINDOW_POINTS):
+        yield slice(i, i + WINDOW_POINTS), c + u[None, i : i + WINDOW_POINTS] * h
+
+
 def _moment(e, c, u, h, power: int, about: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """sum_p e_bp (z_bp - about_b)^power with z_bp = c_b + u_p h_b, in parts of WINDOW_POINTS
-    points so that no (images, points, 2) array of a large window is held whole."""
-    return sum(
-        (e[:, i : i + WINDOW_POINTS, None] * (c + u[None, i : i + WINDOW_POINTS] * h - about)
-         ** power).sum(1)
-        for i in range(0, u.shape[0], WINDOW_POINTS)
-    )  # fmt: skip
+    """sum_p e_bp (z_bp - about_b)^power over the window's parts."""
+    return sum((e[:, s, None] * (z - about) ** power).sum(1) for s, z in _window_parts(c, u, h))
 
 
 def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:

@@ -461,9 +461,11 @@ def own_runs(df: pd.DataFrame, ec: pd.DataFrame) -> pd.DataFrame:
     return ec[ec["epochs"].to_numpy() != ec["variant"].map(final).to_numpy()]
 
 
-def equal_compute_lines(df: pd.DataFrame, ec: pd.DataFrame, reference: str) -> list[str]:
+def equal_compute_lines(
+    df: pd.DataFrame, ec: pd.DataFrame, checks: pd.DataFrame, reference: str
+) -> list[str]:
     """The equal-compute comparison (every variant the same training seconds), the checks of
-    its own runs, and which of the two comparisons the claim survives."""
+    its own runs (``checks``), and which of the two comparisons the claim survives."""
     variants = sorted(ec["variant"].unique(), key=lambda v: (v != reference, v))
     flows = [v for v in variants if v != reference]
     rows = [
@@ -486,7 +488,7 @@ def equal_compute_lines(df: pd.DataFrame, ec: pd.DataFrame, reference: str) -> l
         "Checks of the runs trained only for this comparison (the others are the final "
         "comparison's runs, checked above):",
         "",
-        *_check_lines(check_table(own_runs(df, ec))),
+        *_check_lines(checks),
         "",
         *_summary_lines(ec, reference),
         "",
@@ -539,8 +541,9 @@ def summarize(
     if equal_compute_csv is not None:
         ec = pd.read_csv(equal_compute_csv)
         ec["variant"] = ec["variant"].astype(str)
-        lines += equal_compute_lines(df, ec, reference)
-        checks = pd.concat([checks, check_table(own_runs(df, ec))], ignore_index=True)
+        ec_checks = check_table(own_runs(df, ec))
+        lines += equal_compute_lines(df, ec, ec_checks, reference)
+        checks = pd.concat([checks, ec_checks], ignore_index=True)
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
     failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks
