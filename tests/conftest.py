@@ -166,12 +166,18 @@ def small_config(tmp_path=None, **train_settings) -> dict:
     return config.validate(overrides)
 
 
+def small_spec(variant: str, seed: int = 0, **train_settings):
+    """The RunSpec of one run of small_config (train keys overridable)."""
+    from flowvae import config
+
+    return config.resolve(small_config(None, **train_settings), variant, seed)
+
+
 @pytest.fixture
 def prepared(idx_dir, tmp_path) -> Path:
     """The fake IDX files prepared with small_config's data settings."""
     from flowvae import data
 
     path = tmp_path / "data.pt"
-    cfg = small_config(tmp_path)
-    data.prepare(idx_dir.path, path, cfg["data"])
+    data.prepare(idx_dir.path, path, small_spec("standard").data)
     return path

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from flowvae import data, fetch
-from flowvae.errors import DataError
+from flowvae.errors import DataError, StaleRunError
+from flowvae.spec import DataSpec
 
 DATA_CFG = {
     "mirror": None,
@@ -30,8 +31,8 @@ REAL_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 REAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def cfg(**changes) -> dict:
-    return {**DATA_CFG, **changes}
+def cfg(**changes) -> DataSpec:
+    return DataSpec(**{**DATA_CFG, **changes, "digits": tuple(changes.get("digits", (1, 2, 3, 4)))})
 
 
 def make_mirror(src: Path, dest: Path, gz: bool) -> Path:
@@ -339,6 +340,10 @@ def test_load_prepared(idx_dir, tmp_path):
     bad.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match="bad.pt"):
         data.load_prepared(bad)
+    # the file carries the key of its data settings: a job asking for others is refused
+    assert data.load_prepared(path, cfg(binarize="static"))["meta"]["key"] == saved["meta"]["key"]
+    with pytest.raises(StaleRunError, match="other data settings"):
+        data.load_prepared(path, cfg(binarize="static", n_val=21))
 
 
 def test_binarize_is_seeded():

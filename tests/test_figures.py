@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -268,3 +269,16 @@ def test_posterior_q_takes_one_variant(study, tmp_path: Path) -> None:
 def test_variant_order_follows_config() -> None:
     assert figures._order(["pcpmap", "standard", "iaf"], CFG) == ["standard", "iaf", "pcpmap"]
     assert figures._order(["b", "standard", "a"], {}) == ["standard", "a", "b"]
+
+
+def test_pdf_figures_are_byte_identical_between_renders(tmp_path):
+    table = tmp_path / "metrics.csv"
+    table.write_text(
+        "variant,seed,test_neg_elbo,seconds_per_epoch\n"
+        "standard,0,120.0,1.0\nstandard,1,121.0,1.1\niaf,0,119.0,2.0\niaf,1,119.5,2.1\n"
+    )
+    outs = [tmp_path / "a.pdf", tmp_path / "b.pdf"]
+    for out in outs:
+        figures.render("test_loss", [table], [out], {})
+        time.sleep(1.1)  # a creation date would differ
+    assert outs[0].read_bytes() == outs[1].read_bytes()

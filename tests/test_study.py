@@ -1,24 +1,22 @@
-"""flowvae.study (which runs, targets and settings), the run lock, stale-run checks and damaged
-files: the parts of the workflow that are plain Python, tested without Snakemake."""
+"""flowvae.study: which runs, targets and settings files a config plans, tested without
+Snakemake."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import REPO_ROOT, small_config
+from conftest import REPO_ROOT
 
-from flowvae import config, figures, lock, report, study, train
-from flowvae.errors import ConfigError, FlowvaeError, StaleRunError
+from flowvae import config, figures, study
+from flowvae.errors import ConfigError
 
-STUDY_CFG = config.load([REPO_ROOT / "config" / "config.yaml"])
+STUDY_CFG = config.load(
+    [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "config" / "selected.yaml"]
+)
 
 
 def make_study(tmp_path: Path, **changes) -> study.Study:
@@ -27,31 +25,6 @@ def make_study(tmp_path: Path, **changes) -> study.Study:
     for key, value in changes.items():
         config.set_dotted(cfg, key.split("."), value)
     return study.Study(cfg)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def test_command_line_values_get_the_schema_types():
-    cfg = {
-        "seeds": ["0", "1"],
-        "train": {"lr": "3e-4", "epochs": "5", "grad_clip": "null"},
-        "model": {"activation": "relu", "hidden": ["32", "32"]},
-        "results": "123",
-    }
-    study.command_line_values(cfg)
-    assert cfg["seeds"] == [0, 1]
-    assert cfg["train"] == {"lr": 3e-4, "epochs": 5, "grad_clip": None}
-    assert cfg["model"] == {"activation": "relu", "hidden": [32, 32]}
-    assert cfg["results"] == "123", "a string key stays a string"
-    config.validate(cfg)
-
-
-def test_bad_yaml_in_a_config_file_names_the_file(tmp_path):
-    bad = tmp_path / "broken.yaml"
-    bad.write_text("train: {epochs: 3\n")
-    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML or JSON"):
-        config.load([bad])
 
 
 # ----------------------------------------------------------------------------- runs
@@ -120,152 +93,60 @@ def test_code_dependencies_of_each_stage():
     assert any(p.endswith("train.py") for p in train_code)
     assert not any(p.endswith(("figures.py", "report.py", "evaluate.py")) for p in train_code)
     assert any(p.endswith("evaluate.py") for p in study.Study.code("evaluate"))
+    assert any(p.endswith("fetch.py") for p in study.Study.code("prepare"))
 
 
 # ----------------------------------------------------------------------------- settings files
 
 
-def test_settings_files_are_written_once_and_flag_stale_runs(tmp_path):
-    s = make_study(tmp_path)
-    assert s.sync_settings() == []
-    path = Path(s.run_file("train_settings", "iaf", 0))
-    settings = json.loads(path.read_text())
-    assert (
-        settings["train"]["lr"] == STUDY_CFG["train"]["lr"] and "threads" not in settings["train"]
-    )
-    assert list(settings["variants"]) == ["iaf"]
-    old = time.time() - 1000
-    os.utime(path, (old, old))
-    assert s.sync_settings() == [] and path.stat().st_mtime == pytest.approx(old)
+def _files(s: study.Study) -> dict[Path, tuple[str, float]]:
+    root = Path(s.results) / "settings"
+    return {p: (p.read_text(), p.stat().st_mtime) for p in sorted(root.rglob("*.json"))}
 
-    # a finished run with the same settings is left alone ...
+
+def test_settings_files_hold_the_key_and_change_only_with_it(tmp_path):
+    s = make_study(tmp_path)
+    assert s.write_settings() == []
+    path = Path(s.run_file("train_settings", "iaf", 0))
+    tree = json.loads(path.read_text())
+    assert tree["stage"] == "train" and tree["spec"]["posterior"]["family"] == "iaf"
+    assert tree["spec"]["train"]["lr"] == 0.003, "the variant's own lr (the selection) wins"
+    for runtime in ("threads", "device", "checkpoint_every"):
+        assert runtime not in tree["spec"]["train"]
+    assert tree["key"] == config.resolve(s.cfg, "iaf", 0).key("train")
+    n_runs = len(s.variants) * len(s.seeds)
+    n_tuning = sum(len(c) for c in s.candidates.values()) * len(s.tuning_seeds)
+    assert len(list((Path(s.results) / "settings" / "train").rglob("*.json"))) == n_runs
+    assert len(list((Path(s.results) / "tuning").rglob("settings/train/*/*.json"))) == n_tuning
+    old = time.time() - 1000
+    for p in _files(s):
+        os.utime(p, (old, old))
+    before = _files(s)
+
+    # what never changes a result rewrites no settings file (the runtime file is `ancient`)
+    quiet = make_study(
+        tmp_path, **{"train.checkpoint_every": 1, "train.device": "cpu", "train.threads": 2}
+    )
+    assert quiet.write_settings() == [] and _files(quiet) == {
+        p: v for p, v in before.items() if not p.name == "runtime.json"
+    } | {p: v for p, v in _files(quiet).items() if p.name == "runtime.json"}
+    runtime = json.loads(Path(quiet.study_file("runtime")).read_text())
+    assert runtime["iaf"]["train"] == {"checkpoint_every": 1, "device": "cpu", "threads": 2}
+
+    # one variant's setting rewrites that variant's files only, and says which finished runs
     model = Path(s.run_file("model", "iaf", 0))
     model.parent.mkdir(parents=True)
     model.write_bytes(b"x")
-    (model.parent / "settings.json").write_text(path.read_text())
-    assert s.sync_settings() == []
-    # ... one from other settings (a job that outlived its Snakemake) gets rebuilt
-    s2 = make_study(tmp_path, **{"train.lr": 3e-4})
-    notes = s2.sync_settings()
-    assert any("runs/iaf/seed0 was made with other settings (train.lr)" in n for n in notes)
-    assert path.stat().st_mtime > old + 500
-    # and one without a record too
-    (model.parent / "settings.json").unlink()
-    assert any("has no record" in n for n in s2.sync_settings())
-
-
-def test_a_model_from_other_settings_is_refused(prepared, tmp_path):
-    cfg = small_config(tmp_path, epochs=1)
-    train.train(cfg, "standard", 0, prepared, tmp_path / "run", progress=False)
-    _, record = train.load_model(tmp_path / "run" / "model.pt")
-    train.check_trained_with(record, cfg, tmp_path / "run" / "model.pt")
-    other = small_config(tmp_path, epochs=1, lr=3e-4)
-    with pytest.raises(StaleRunError, match=r"standard seed 0\).*train.lr differ"):
-        train.check_trained_with(record, other, tmp_path / "run" / "model.pt")
-
-
-def test_an_evaluation_from_other_settings_is_refused(tmp_path):
-    ev = tmp_path / "eval" / "metrics.json"
-    ev.parent.mkdir()
-    ev.write_text("{}")
-    expected = tmp_path / "expected.json"
-    expected.write_text(json.dumps({"evaluate": {"samples": 10}}))
-    (ev.parent / "settings.json").write_text(json.dumps({"evaluate": {"samples": 10}}))
-    report.check_evaluations([ev], [expected])
-    (ev.parent / "settings.json").write_text(json.dumps({"evaluate": {"samples": 3}}))
-    with pytest.raises(StaleRunError, match="evaluate.samples"):
-        report.check_evaluations([ev], [expected])
-
-
-# ----------------------------------------------------------------------------- lock
-
-HOLD = """
-import sys, time
-from pathlib import Path
-from flowvae.lock import run_lock
-with run_lock(Path(sys.argv[1]), "test"):
-    print("locked", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_a_second_trainer_stops_and_a_dead_holder_never_blocks(tmp_path):
-    folder = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "SLURM_JOB_ID": "4242"}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(lock.RunLocked) as err:
-            with lock.run_lock(folder, "training iaf seed 0"):
-                pass
-        message = str(err.value)
-        assert f"process {holder.pid} (SLURM job 4242)" in message and "scancel 4242" in message
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    with lock.run_lock(folder, "again"):  # the kernel released the dead holder's lock
-        pass
-
-
-def test_training_takes_the_lock(prepared, tmp_path):
-    cfg = small_config(tmp_path, epochs=1)
-    with lock.run_lock(tmp_path / "run", "someone else"):
-        with pytest.raises(lock.RunLocked, match="in use by host"):
-            train.train(cfg, "standard", 0, prepared, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run" / "model.pt").exists()
-
-
-# ----------------------------------------------------------------------------- damaged files
-
-
-def test_a_damaged_checkpoint_is_reported_and_training_starts_over(prepared, tmp_path, caplog):
-    cfg = small_config(tmp_path, epochs=2, checkpoint_every=1)
-    train.train(cfg, "standard", 0, prepared, tmp_path / "a", progress=False)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
-    train.train(cfg, "standard", 0, prepared, tmp_path / "b", resume=True, progress=False)
-    assert "is damaged" in caplog.text and "training starts over" in caplog.text
-    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
-    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_a_damaged_model_file_is_named(tmp_path):
-    path = tmp_path / "model.pt"
-    path.write_bytes(b"\x80\x02 truncated")
-    with pytest.raises(FlowvaeError, match=r"model.pt is damaged.*delete it"):
-        train.load_model(path)
-
-
-def test_pdf_figures_are_byte_identical_between_renders(tmp_path):
-    table = tmp_path / "metrics.csv"
-    table.write_text(
-        "variant,seed,test_neg_elbo,seconds_per_epoch\n"
-        "standard,0,120.0,1.0\nstandard,1,121.0,1.1\niaf,0,119.0,2.0\niaf,1,119.5,2.1\n"
-    )
-    outs = [tmp_path / "a.pdf", tmp_path / "b.pdf"]
-    for out in outs:
-        figures.render("test_loss", [table], [out], {})
-        time.sleep(1.1)  # a creation date would differ
-    assert outs[0].read_bytes() == outs[1].read_bytes()
-
-
-def test_a_job_records_the_settings_it_read_not_a_newer_file(tmp_path):
-    """A newer Snakemake may rewrite a settings file while an older job still runs: the job's
-    record (settings.json) is what it read at its start, so the newer run sees it as stale."""
-    from flowvae import cli
-
-    path = tmp_path / "seed0.json"
-    path.write_text(json.dumps({"train": {"lr": 0.001}}))
-    args = cli.build_parser().parse_args(
-        ["prepare", "--raw", "r", "--out", "o", "--settings-file", str(path)]
-    )
-    assert cli._cfg(args)["train"]["lr"] == 0.001
-    path.write_text(json.dumps({"train": {"lr": 0.002}}))  # rewritten while the job runs
-    cli._record_settings(args, tmp_path)
-    assert json.loads((tmp_path / study.RECORD).read_text()) == {"train": {"lr": 0.001}}
-    path.write_text("{not json")
-    with pytest.raises(cli.FlowvaeError, match="seed0.json is not valid JSON"):
-        cli._cfg(args)
+    changed = make_study(tmp_path, **{"variants.iaf.train.lr": 3e-4})
+    notes = changed.write_settings()
+    assert notes == [f"flowvae: {model.parent}: its settings changed; it will be rebuilt"]
+    now = _files(changed)
+    rewritten = sorted(p.relative_to(tmp_path).as_posix() for p in now if now[p] != before[p])
+    assert [p for p in rewritten if "/tuning/" not in p and "runtime" not in p] == [
+        f"results/settings/{stage}/iaf/seed{seed}.json"
+        for stage in ("evaluate", "train")
+        for seed in s.seeds
+    ]
+    # and changing it back writes the first text again: the key is all that counts
+    make_study(tmp_path).write_settings()
+    assert json.loads(path.read_text()) == tree

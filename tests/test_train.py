@@ -4,24 +4,24 @@ import pandas as pd
 import pytest
 import torch
 from conftest import SMALL_VARIANTS as VARIANTS
-from conftest import small_config
+from conftest import small_spec
 
 from flowvae import evaluate, train
 from flowvae.errors import FlowvaeError, TrainingError
 
 
 def weights(path):
-    return torch.load(path, weights_only=False)["state_dict"]
+    return torch.load(path, weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_same_seed_same_metrics_other_seed_differs(prepared, tmp_path, variant):
-    cfg = small_config(tmp_path)
     runs = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        train.train(cfg, variant, seed, prepared, tmp_path / name, progress=False)
+        spec = small_spec(variant, seed)
+        train.train(spec, prepared, tmp_path / name, progress=False)
         runs[name] = evaluate.evaluate(
-            cfg, tmp_path / name / "model.pt", prepared, tmp_path / f"eval_{name}", progress=False
+            spec, tmp_path / name / "model.pt", prepared, tmp_path / f"eval_{name}", progress=False
         )
     keys = ["test_neg_elbo", "test_rec", "test_kl", "test_iwae_nll", "exact_nll", "final_val_loss"]
     assert [runs["a"][k] for k in keys] == [runs["b"][k] for k in keys]
@@ -32,8 +32,8 @@ def test_same_seed_same_metrics_other_seed_differs(prepared, tmp_path, variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatch):
-    cfg = small_config(tmp_path)
-    train.train(cfg, variant, 0, prepared, tmp_path / "full", progress=False)
+    spec = small_spec(variant)
+    train.train(spec, prepared, tmp_path / "full", progress=False)
 
     real = train.validation_loss
     calls = {"n": 0}
@@ -46,11 +46,11 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatc
 
     monkeypatch.setattr(train, "validation_loss", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train.train(cfg, variant, 0, prepared, tmp_path / "resumed", progress=False)
+        train.train(spec, prepared, tmp_path / "resumed", progress=False)
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     assert not (tmp_path / "resumed" / "model.pt").exists(), "no final output after a crash"
     monkeypatch.setattr(train, "validation_loss", real)
-    train.train(cfg, variant, 0, prepared, tmp_path / "resumed", resume=True, progress=False)
+    train.train(spec, prepared, tmp_path / "resumed", resume=True, progress=False)
 
     wa, wb = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -60,21 +60,19 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatc
 
 
 def test_checkpoint_from_other_settings_is_ignored(prepared, tmp_path):
-    cfg = small_config(tmp_path)
-    train.train(cfg, "standard", 0, prepared, tmp_path / "run", progress=False)
+    train.train(small_spec("standard"), prepared, tmp_path / "run", progress=False)
     (tmp_path / "run" / "model.pt").rename(tmp_path / "first.pt")
-    other = small_config(tmp_path, lr=0.002)
-    train.train(other, "standard", 0, prepared, tmp_path / "run", resume=True, progress=False)
-    fresh = small_config(tmp_path, lr=0.002)
-    train.train(fresh, "standard", 0, prepared, tmp_path / "fresh", progress=False)
+    other = small_spec("standard", lr=0.002)
+    train.train(other, prepared, tmp_path / "run", resume=True, progress=False)
+    train.train(other, prepared, tmp_path / "fresh", progress=False)
     wa, wb = weights(tmp_path / "run" / "model.pt"), weights(tmp_path / "fresh" / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_nan_loss_stops_naming_epoch_and_batch(prepared, tmp_path):
-    cfg = small_config(tmp_path, lr=1e12, grad_clip=None, schedule="constant")
+    spec = small_spec("standard", lr=1e12, grad_clip=None, schedule="constant")
     with pytest.raises(TrainingError, match=r"epoch \d+, batch \d+"):
-        train.train(cfg, "standard", 0, prepared, tmp_path / "nan", progress=False)
+        train.train(spec, prepared, tmp_path / "nan", progress=False)
     assert not (tmp_path / "nan" / "model.pt").exists()
 
 
@@ -96,7 +94,8 @@ def test_clip_gradients_equals_torch_clip_grad_norm(max_norm):
 
 
 def test_learning_rate_schedule_and_warmup():
-    tcfg = {"schedule": "cosine", "lr": 1e-3, "lr_min": 1e-5, "epochs": 10, "kl_warmup_epochs": 4}
+    tcfg = small_spec("standard", lr=1e-3, lr_min=1e-5, epochs=10, kl_warmup_epochs=4).train
+    assert tcfg.schedule == "cosine"
     assert train.learning_rate(tcfg, 0) == pytest.approx(1e-3)
     assert train.learning_rate(tcfg, 5) == pytest.approx((1e-3 + 1e-5) / 2)
     assert train.kl_weight(tcfg, 0) == 0.25 and train.kl_weight(tcfg, 3) == 1.0
@@ -106,6 +105,4 @@ def test_unwritable_output_folder_is_named(prepared, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the output folder should go")  # fails even for root
     with pytest.raises(FlowvaeError, match="not writable"):
-        train.train(
-            small_config(tmp_path), "standard", 0, prepared, blocker / "run", progress=False
-        )
+        train.train(small_spec("standard"), prepared, blocker / "run", progress=False)

@@ -1,30 +1,62 @@
 """Command line: ``python -m flowvae <command> --help``.
 
-Every Snakemake rule calls one of these commands; each command reads a config (YAML files,
-a JSON string and key=value overrides, validated against the schema) and writes its outputs
-atomically.
+Every Snakemake rule calls one of these commands. A workflow job reads its settings file (the
+fields of its run that decide the result, and their key: :mod:`flowvae.spec`) and the runtime
+file (threads, device, checkpoint interval); by hand, the same commands take config files and
+``--set key=value`` overrides instead, validated once. Each command's arguments are declared
+beside its handler; its ``--help`` text is the handler's docstring.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from flowvae import config as config_mod
 from flowvae import io
-from flowvae.errors import FlowvaeError
+from flowvae import spec as spec_mod
+from flowvae.errors import ConfigError, FlowvaeError
 
 log = logging.getLogger("flowvae")
 
+#: name -> (handler, function adding its arguments, one-line help), in --help order.
+COMMANDS: dict[str, tuple[Callable, Callable, str]] = {}
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("configuration (merged in this order, then validated)")
+
+def command(name: str, arguments: Callable[[argparse.ArgumentParser], None], help: str):
+    """Register the decorated handler as the command ``name``."""
+
+    def register(handler: Callable[[argparse.Namespace], None]):
+        COMMANDS[name] = (handler, arguments, help)
+        return handler
+
+    return register
+
+
+# ---------------------------------------------------------------- shared arguments
+
+
+def _config_args(p: argparse.ArgumentParser, settings_file: bool = True) -> None:
+    g = p.add_argument_group("settings (a workflow job's file, or config files and overrides)")
+    if settings_file:
+        g.add_argument(
+            "--settings-file",
+            metavar="JSON",
+            help="the job's settings file, written by the workflow (flowvae.study); when given, "
+            "--config and --set are not read",
+        )
+        g.add_argument(
+            "--runtime",
+            metavar="JSON",
+            help="the workflow's runtime file (device, checkpoint interval per variant); "
+            "never changes a result",
+        )
     g.add_argument(
         "--config",
         action="append",
@@ -32,13 +64,6 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="config file; may be repeated, later files win (default: schema defaults)",
     )
-    g.add_argument(
-        "--settings-file",
-        metavar="JSON",
-        help="settings file written by the workflow (flowvae.study); train and evaluate copy "
-        "it into their output folder as settings.json when they succeed",
-    )
-    g.add_argument("--settings", metavar="JSON", help="config as a JSON string")
     g.add_argument(
         "--set",
         action="append",
@@ -49,259 +74,186 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _cfg(args: argparse.Namespace) -> dict:
-    """The config of a command; the settings file is read once, here, and that text is what
-    the job records at its end (a newer Snakemake may rewrite the file while the job runs)."""
-    if not args.settings_file:
-        return config_mod.load(args.config, args.settings, args.overrides)
-    args.settings_text = Path(args.settings_file).read_text()
-    try:
-        settings = json.loads(args.settings_text)
-    except ValueError as exc:
-        raise FlowvaeError(
-            f"settings file {args.settings_file} is not valid JSON ({exc}); delete it and run "
-            "the pipeline again (it rewrites it)"
-        ) from None
-    if args.settings:
-        config_mod.merge(settings, json.loads(args.settings))
-    return config_mod.load(args.config, json.dumps(settings), args.overrides)
+def _config(args: argparse.Namespace, settings: str | None = None) -> dict:
+    """The validated config of --config files, a JSON string and --set overrides."""
+    return config_mod.load(args.config, settings, args.overrides)
 
 
-def _record_settings(args: argparse.Namespace, folder: Path) -> None:
-    """Write the settings the job read (``_cfg``) into its finished folder as settings.json,
-    its record of what it was made with (flowvae.study compares it with the current ones)."""
-    from flowvae.study import RECORD
+def _threads(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--threads", type=int, default=None, help=f"torch threads (default: {default})")
 
+
+def _run_spec(args: argparse.Namespace, stage: str, variant: str, seed: int):
+    """The spec of a train or evaluate job: from its settings file, else from the config."""
     if args.settings_file:
-        io.write_text(folder / RECORD, args.settings_text)
+        runtime = Path(args.runtime) if args.runtime else None
+        spec = spec_mod.read_settings(Path(args.settings_file), stage, runtime)
+    else:
+        spec = config_mod.resolve(_config(args), variant, seed)
+    if args.threads:
+        spec = spec.replace_train(threads=args.threads)
+        if spec.evaluate is not None:
+            spec = spec.replace_evaluate(threads=args.threads)
+    return spec
 
 
-def _check_model(model: str, cfg: dict) -> None:
-    """Stop when the model was trained with settings other than ``cfg``'s (StaleRunError)."""
-    from flowvae import train
-
-    path = Path(model)
-    _, record = train.load_model(path)
-    train.check_trained_with(record, cfg, path)
+# ---------------------------------------------------------------- data
 
 
-def cmd_download(args: argparse.Namespace) -> None:
-    from flowvae import fetch
-
-    fetch.download(Path(args.out), mirror=args.mirror)
-
-
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from flowvae import data
-
-    cfg = _cfg(args)
-    data.prepare(Path(args.raw), Path(args.out), cfg["data"])
-    _record_settings(args, Path(args.out).parent)
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    from flowvae import train
-
-    cfg = _cfg(args)
-    config_mod.variant_settings(cfg, args.variant)
-    train.train(
-        cfg,
-        args.variant,
-        args.seed,
-        Path(args.data),
-        Path(args.out),
-        threads=args.threads,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    _record_settings(args, Path(args.out))
-
-
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from flowvae import evaluate
-
-    cfg = _cfg(args)
-    _check_model(args.model, cfg)
-    evaluate.evaluate(
-        cfg,
-        Path(args.model),
-        Path(args.data),
-        Path(args.out),
-        threads=args.threads,
-        progress=not args.no_progress,
-    )
-    _record_settings(args, Path(args.out))
-
-
-def cmd_gap_grids(args: argparse.Namespace) -> None:
-    from flowvae import evaluate
-
-    cfg = _cfg(args)
-    _check_model(args.model, cfg)
-    evaluate.gap_grids(
-        cfg,
-        Path(args.model),
-        Path(args.data),
-        Path(args.reference),
-        Path(args.out),
-        top=args.top,
-        threads=args.threads,
-    )
-
-
-def cmd_aggregate(args: argparse.Namespace) -> None:
-    from flowvae import report
-
-    if args.expect:
-        report.check_evaluations([Path(p) for p in args.evals], [Path(p) for p in args.expect])
-    values = None
-    if args.sweep_values is not None:
-        values = [yaml.safe_load(v) for v in args.sweep_values]
-    report.aggregate(
-        [Path(p) for p in args.evals],
-        Path(args.out),
-        train_benchmarks=[Path(p) for p in args.train_benchmarks],
-        eval_benchmarks=[Path(p) for p in args.eval_benchmarks],
-        sweep=args.sweep,
-        sweep_values=values,
-    )
-
-
-def cmd_summarize(args: argparse.Namespace) -> None:
-    from flowvae import report
-
-    selection = Path(args.selection) if args.selection else None
-    cfg = _cfg(args) if selection else None
-    compute = Path(args.equal_compute) if args.equal_compute else None
-    report.summarize(
-        Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg, compute
-    )
-
-
-def cmd_select(args: argparse.Namespace) -> None:
-    from flowvae import selection
-
-    chosen = selection.from_plan(Path(args.plan))
-    io.write_csv(chosen, Path(args.out))
-    for row in chosen[chosen["selected"]].itertuples():
-        log.info(
-            "%s: selected %s (validation -ELBO %.3f)", row.variant, row.candidate, row.mean_val_loss
-        )
-
-
-def cmd_adopt(args: argparse.Namespace) -> None:
-    from flowvae import selection
-
-    changed = selection.adopt(Path(args.config_file), selection.read(Path(args.selection)))
-    print(
-        f"{args.config_file}: selected settings written"
-        + (f"; changed: {', '.join(changed)}" if changed else "; nothing changed")
-    )
-
-
-def cmd_figure(args: argparse.Namespace) -> None:
-    from flowvae import figures
-
-    cfg = _cfg(args)
-    figures.render(args.name, [Path(p) for p in args.inputs], [Path(p) for p in args.out], cfg)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flowvae",
-        description="Train and evaluate VAEs with Gaussian, IAF and PCP-Map posteriors on MNIST "
-        "(2-D latent space). The Snakemake pipeline chains these commands: "
-        "download -> prepare -> train -> evaluate -> aggregate/summarize -> figure.",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser(
-        "download",
-        help="fetch and verify the four MNIST files",
-        description="Fetch the four MNIST IDX files (public mirrors, or a local "
-        "mirror folder holding .gz or raw files), verify their SHA-256 and write "
-        "the raw files into OUT. A bad file is deleted and named in the error.",
-    )
+def _download_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="folder for the raw IDX files")
     p.add_argument(
         "--mirror",
         default=None,
         help="local mirror folder (default: $FLOWVAE_MNIST_MIRROR, else the network)",
     )
-    p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser(
-        "prepare",
-        help="digit subset, splits and binarization -> one tensor file",
-        description="Filter the digits, split train/validation with a fixed seed, "
-        "binarize validation and test once (and train when static) and save all "
-        "tensors in one file.",
-    )
+
+@command("download", _download_args, "fetch and verify the four MNIST files")
+def cmd_download(args: argparse.Namespace) -> None:
+    """Fetch the four MNIST IDX files (public mirrors, or a local mirror folder holding .gz or
+    raw files), verify their SHA-256 and write the raw files into OUT. A bad file is deleted and
+    named in the error."""
+    from flowvae import fetch
+
+    fetch.download(Path(args.out), mirror=args.mirror)
+
+
+def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw", required=True, help="folder with the raw IDX files (from download)")
     p.add_argument("--out", required=True, help="output .pt file")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_prepare)
+    _config_args(p)
 
-    p = sub.add_parser(
-        "train",
-        help="train one variant with one seed",
-        description="Train one VAE variant; writes model.pt, history.csv, "
-        "train.json and periodic checkpoint.pt into OUT.",
-    )
+
+@command("prepare", _prepare_args, "digit subset, splits and binarization -> one tensor file")
+def cmd_prepare(args: argparse.Namespace) -> None:
+    """Filter the digits, split train/validation with a fixed seed, binarize validation and
+    test once (and train when static) and save all tensors in one file, with the key of the
+    data settings."""
+    from flowvae import data
+
+    if args.settings_file:
+        spec = spec_mod.read_data_settings(Path(args.settings_file))
+    else:
+        spec = config_mod.data_spec(_config(args))
+    data.prepare(Path(args.raw), Path(args.out), spec)
+
+
+# ---------------------------------------------------------------- train and evaluate
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="prepared data file (from prepare)")
-    p.add_argument("--variant", required=True, help="a name under 'variants' in the config")
-    p.add_argument("--seed", required=True, type=int)
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: train.threads)"
-    )
+    p.add_argument("--variant", help="a name under 'variants' in the config (not with a file)")
+    p.add_argument("--seed", type=int, help="the run's seed (not with a settings file)")
+    _threads(p, "train.threads")
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_train)
+    _config_args(p)
 
-    p = sub.add_parser(
-        "evaluate",
-        help="test loss, IWAE, exact 2-D likelihood and posterior grids",
-        description="Evaluate a trained model on the test set: negative ELBO and "
-        "its terms per image, the IWAE bound, log p(x) by quadrature when the "
-        "latent space is 2-D, and log q / log p(x, z) on a grid for the figures.",
+
+@command("train", _train_args, "train one variant with one seed")
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train one VAE variant with one seed; writes model.pt, history.csv, train.json and
+    periodic checkpoint.pt into OUT. With --settings-file the run is the file's; otherwise
+    --variant and --seed pick it from the config."""
+    from flowvae import train
+
+    if not args.settings_file and (args.variant is None or args.seed is None):
+        raise ConfigError("train: give --variant and --seed (or the job's --settings-file)")
+    spec = _run_spec(args, "train", args.variant, args.seed)
+    settings_file = Path(args.settings_file) if args.settings_file else None
+    train.train(
+        spec,
+        Path(args.data),
+        Path(args.out),
+        resume=args.resume,
+        progress=not args.no_progress,
+        settings_file=settings_file,
     )
+
+
+def _model_spec(args: argparse.Namespace):
+    """The spec an evaluation runs: the job's settings file (checked against the model's key
+    when the model is opened), or the model's own training spec with the config's evaluation
+    settings."""
+    from flowvae import modelfile
+
+    if args.settings_file:
+        return _run_spec(args, "evaluate", "", 0)
+    trained = modelfile.load_model(Path(args.model))
+    cfg = _config(args)
+    evaluate = config_mod.resolve(cfg, next(iter(cfg["variants"])), 0).evaluate
+    spec = trained.spec.with_evaluate(evaluate)
+    device = cfg["train"]["device"]
+    spec = spec.replace_train(device=device)
+    return spec.replace_evaluate(threads=args.threads) if args.threads else spec
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt from train")
     p.add_argument("--data", required=True, help="prepared data file")
     p.add_argument("--out", required=True, help="evaluation folder")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: evaluate.threads)"
-    )
+    _threads(p, "evaluate.threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_evaluate)
+    _config_args(p)
 
-    p = sub.add_parser(
-        "gap-grids",
-        help="posterior grids of the test images with the largest gap under a reference",
-        description="Draw log q and log p(x, z) on the z grid for the TOP test images whose "
-        "posterior gap is largest in the reference variant's per_image.csv (config key "
-        "`reference`), "
-        "for the figure gap_contours.",
+
+@command("evaluate", _evaluate_args, "test loss, IWAE, exact 2-D likelihood and posterior grids")
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate a trained model on the test set: negative ELBO and its terms per image, the
+    IWAE bound, log p(x) by quadrature when the latent space is 2-D, and log q / log p(x, z)
+    on a grid for the figures. The model knows what it was trained with: by hand, only the
+    evaluation settings come from --config/--set."""
+    from flowvae import evaluate
+
+    evaluate.evaluate(
+        _model_spec(args),
+        Path(args.model),
+        Path(args.data),
+        Path(args.out),
+        progress=not args.no_progress,
     )
+
+
+def _gap_grids_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt from train")
     p.add_argument("--data", required=True, help="prepared data file")
     p.add_argument("--reference", required=True, help="per_image.csv of the reference variant")
     p.add_argument("--top", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_gap_grids)
+    _threads(p, "evaluate.threads")
+    _config_args(p)
 
-    p = sub.add_parser(
-        "aggregate",
-        help="collect every evaluation into one CSV",
-        description="One row per variant x seed (plus sweep columns) in a CSV.",
+
+@command(
+    "gap-grids",
+    _gap_grids_args,
+    "posterior grids of the test images with the largest gap under a reference",
+)
+def cmd_gap_grids(args: argparse.Namespace) -> None:
+    """Draw log q and log p(x, z) on the z grid for the TOP test images whose posterior gap is
+    largest in the reference variant's per_image.csv (config key `reference`), for the figure
+    gap_contours."""
+    from flowvae import evaluate
+
+    evaluate.gap_grids(
+        _model_spec(args),
+        Path(args.model),
+        Path(args.data),
+        Path(args.reference),
+        Path(args.out),
+        top=args.top,
     )
+
+
+# ---------------------------------------------------------------- tables and selection
+
+
+def _aggregate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evals", nargs="+", required=True, help="metrics.json files")
     p.add_argument(
         "--train-benchmarks",
@@ -321,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="JSON",
         help="the settings file of each --evals file, same order: stop if an evaluation was "
-        "made with other settings",
+        "made with another key",
     )
     p.add_argument("--sweep", default=None, help="name of the sweep these runs belong to")
     p.add_argument(
@@ -332,9 +284,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="the swept value of each --evals file, in the same order (YAML/JSON)",
     )
     p.add_argument("--out", required=True, help="output CSV")
-    p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("summarize", help="markdown summary with statistics across seeds")
+
+@command("aggregate", _aggregate_args, "collect every evaluation into one CSV")
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    """One row per variant x seed (plus sweep columns) in a CSV."""
+    from flowvae import report
+
+    if args.expect:
+        report.check_evaluations([Path(p) for p in args.evals], [Path(p) for p in args.expect])
+    values = None
+    if args.sweep_values is not None:
+        values = [yaml.safe_load(v) for v in args.sweep_values]
+    report.aggregate(
+        [Path(p) for p in args.evals],
+        Path(args.out),
+        train_benchmarks=[Path(p) for p in args.train_benchmarks],
+        eval_benchmarks=[Path(p) for p in args.eval_benchmarks],
+        sweep=args.sweep,
+        sweep_values=values,
+    )
+
+
+def _summarize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", required=True, help="metrics.csv from aggregate")
     p.add_argument(
         "--reference",
@@ -357,41 +329,106 @@ def build_parser() -> argparse.ArgumentParser:
         "claim survives",
     )
     p.add_argument("--out", required=True, help="output .md file")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_summarize)
+    p.add_argument("--settings", metavar="JSON", help="config sections as a JSON string")
+    _config_args(p, settings_file=False)
 
-    p = sub.add_parser(
-        "select",
-        help="the tuning stage's selection table",
-        description="Read every tuning run of the plan (results/settings/tuning_plan.json, "
-        "written by the workflow), rank each variant's candidates by the plan's rule on the "
-        "validation loss and write one row per candidate, the selected one marked.",
+
+@command("summarize", _summarize_args, "markdown summary with statistics across seeds")
+def cmd_summarize(args: argparse.Namespace) -> None:
+    """The summary: mean and sd per variant, paired differences to the reference variant with
+    95% intervals, the checks of every model and the claim sentence."""
+    from flowvae import report
+
+    selection = Path(args.selection) if args.selection else None
+    cfg = _config(args, args.settings) if selection else None
+    compute = Path(args.equal_compute) if args.equal_compute else None
+    report.summarize(
+        Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg, compute
     )
+
+
+def _select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", required=True, help="tuning plan JSON (flowvae.study)")
     p.add_argument("--out", required=True, help="output CSV (results/selection.csv)")
-    p.set_defaults(func=cmd_select)
 
-    p = sub.add_parser(
-        "adopt",
-        help="write the selected settings into the config file",
-        description="Replace the block of selected settings (the `variants` section between "
-        "its marker lines) in CONFIG_FILE with each variant's selected candidate from the "
-        "selection table; `snakemake` then runs the final comparison at those settings.",
-    )
+
+@command("select", _select_args, "the tuning stage's selection table")
+def cmd_select(args: argparse.Namespace) -> None:
+    """Read every tuning run of the plan (results/settings/tuning_plan.json, written by the
+    workflow), rank each variant's candidates by the plan's rule on the validation loss and
+    write one row per candidate, the selected one marked."""
+    from flowvae import selection
+
+    chosen = selection.from_plan(Path(args.plan))
+    io.write_csv(chosen, Path(args.out))
+    for row in chosen[chosen["selected"]].itertuples():
+        log.info(
+            "%s: selected %s (validation -ELBO %.3f)", row.variant, row.candidate, row.mean_val_loss
+        )
+
+
+def _adopt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selection", default="results/selection.csv", help="%(default)s")
-    p.add_argument("--config-file", default="config/config.yaml", help="%(default)s")
-    p.set_defaults(func=cmd_adopt)
-
-    p = sub.add_parser(
-        "figure",
-        help="render one figure (PNG and/or PDF)",
-        description="Render the figure NAME from its input files.",
+    p.add_argument("--out", default="config/selected.yaml", help="%(default)s")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="YAML",
+        help="the config the selection was made with (default: config/config.yaml)",
     )
+
+
+@command("adopt", _adopt_args, "write the selected settings into config/selected.yaml")
+def cmd_adopt(args: argparse.Namespace) -> None:
+    """Write each variant's selected candidate of the selection table, and the epochs that give
+    every variant the same training seconds, into OUT (config/selected.yaml), a generated file
+    the workflow reads after config/config.yaml; `snakemake` then runs the final comparison at
+    those settings. The hand-written config is never rewritten."""
+    from flowvae import selection
+
+    base = config_mod.load(args.config or ["config/config.yaml"])
+    table = selection.read(Path(args.selection))
+    changed = selection.adopt(Path(args.out), table, base, args.selection)
+    print(
+        f"{args.out}: selected settings written"
+        + (f"; changed: {', '.join(changed)}" if changed else "; nothing changed")
+    )
+
+
+# ---------------------------------------------------------------- figures
+
+
+def _figure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="figure name, e.g. posterior_panel, test_loss, loss_curves")
     p.add_argument("--inputs", nargs="+", required=True, help="input files of the figure")
     p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
-    _add_config_args(p)
-    p.set_defaults(func=cmd_figure)
+    p.add_argument("--settings", metavar="JSON", help="config sections as a JSON string")
+    _config_args(p, settings_file=False)
+
+
+@command("figure", _figure_args, "render one figure (PNG and/or PDF)")
+def cmd_figure(args: argparse.Namespace) -> None:
+    """Render the figure NAME from its input files."""
+    from flowvae import figures
+
+    cfg = _config(args, args.settings)
+    figures.render(args.name, [Path(p) for p in args.inputs], [Path(p) for p in args.out], cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flowvae",
+        description="Train and evaluate VAEs with Gaussian, IAF, PCP-Map and COT-Flow "
+        "posteriors on MNIST (2-D latent space). The Snakemake pipeline chains these commands: "
+        "download -> prepare -> train -> evaluate -> aggregate/summarize -> figure.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (handler, arguments, help) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=" ".join(handler.__doc__.split()))
+        arguments(p)
+        p.set_defaults(func=handler)
     return parser
 
 

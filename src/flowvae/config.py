@@ -7,6 +7,7 @@ keys, types and defaults; the Snakefile's ``validate()`` reads the same file (SC
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.resources
 import json
 import os
@@ -20,11 +21,18 @@ SCHEMA_PATH = Path(str(importlib.resources.files("flowvae") / "config.schema.yam
 
 
 from flowvae.errors import ConfigError  # noqa: E402  (re-exported)
+from flowvae.spec import DataSpec, RunSpec  # noqa: E402
+
+
+@functools.cache
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
 
 
 def load_schema() -> dict:
-    with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+    """The config schema (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_schema())
 
 
 def _fill_defaults(schema: dict, instance: Any) -> Any:
@@ -62,24 +70,74 @@ def validate(cfg: dict) -> dict:
     if errors:
         err = errors[0]
         raise ConfigError(f"config key '{_key_of(err)}': {err.message}")
-    from flowvae.posteriors import validate_variants  # the families' own schemas (imports torch)
-
-    own_train = {v: entry.pop("train") for v, entry in cfg["variants"].items() if "train" in entry}
-    cfg["variants"] = validate_variants(cfg["variants"])
-    train_schema = {**schema["properties"]["train"], "default": None}
-    for variant, overrides in own_train.items():
-        where = f"variants.{variant}.train"
-        if not isinstance(overrides, dict):
-            raise ConfigError(f"config key '{where}': must be a mapping of train.* keys")
-        check = jsonschema.Draft202012Validator(train_schema)
-        errors = sorted(
-            check.iter_errors({**cfg["train"], **overrides}), key=lambda e: list(e.absolute_path)
-        )
-        if errors:
-            key = _key_of(errors[0])
-            raise ConfigError(f"config key '{where}.{key}': {errors[0].message}")
-        cfg["variants"][variant]["train"] = overrides
+    cfg["variants"] = {
+        name: validate_variant(entry, cfg["train"], f"variants.{name}", schema)
+        for name, entry in cfg["variants"].items()
+    }
     return cfg
+
+
+def validate_variant(entry: dict, train: dict, where: str, schema: dict | None = None) -> dict:
+    """One variant entry checked against its family's schema (defaults filled), and its own
+    ``train`` mapping against the train schema on top of ``train``; ConfigError names the key."""
+    from flowvae.posteriors import validate_settings  # the families' own schemas (imports torch)
+
+    entry = copy.deepcopy(entry)
+    own_train = entry.pop("train", None) if isinstance(entry, dict) else None
+    checked = validate_settings(entry, where)
+    if own_train is None:
+        return checked
+    if not isinstance(own_train, dict):
+        raise ConfigError(f"config key '{where}.train': must be a mapping of train.* keys")
+    train_schema = {**(schema or load_schema())["properties"]["train"], "default": None}
+    check = jsonschema.Draft202012Validator(train_schema)
+    errors = sorted(check.iter_errors({**train, **own_train}), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError(f"config key '{where}.train.{_key_of(errors[0])}': {errors[0].message}")
+    return {**checked, "train": own_train}
+
+
+def resolve(cfg: dict, variant: str, seed: int) -> RunSpec:
+    """The run ``variant`` x ``seed`` of a validated config, as a frozen spec."""
+    return RunSpec.from_config(cfg, variant, seed)
+
+
+def data_spec(cfg: dict) -> DataSpec:
+    """The data settings of a validated config."""
+    return RunSpec.from_config(cfg, next(iter(cfg["variants"])), 0).data
+
+
+def command_line_values(cfg: dict, schema: dict | None = None) -> dict:
+    """Give values from ``snakemake --config`` the types the schema asks for, in place.
+
+    Snakemake reads ``--config seeds='[0,1]'`` as ``['0', '1']`` (strings inside lists and
+    mappings); a string where the schema wants no string is parsed as YAML.
+
+    >>> command_line_values({"seeds": ["0", "1"], "train": {"lr": "3e-4", "epochs": "5"}})
+    {'seeds': [0, 1], 'train': {'lr': 0.0003, 'epochs': 5}}
+    """
+    return _typed(cfg, schema or load_schema())
+
+
+def _wants_string(schema: dict) -> bool:
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    return not kinds or "string" in kinds
+
+
+def _typed(value: Any, schema: dict) -> Any:
+    if isinstance(value, str) and not _wants_string(schema):
+        return parse_value(value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key in list(value):
+            sub = props.get(key, extra if isinstance(extra, dict) else {})
+            value[key] = _typed(value[key], sub)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            value[i] = _typed(item, schema.get("items", {}))
+    return value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowvae.errors import DataError
+from flowvae.errors import DataError, StaleRunError
 from flowvae.fetch import FILES, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, sha256_file
 from flowvae.io import torch_save
+from flowvae.spec import DataSpec, data_key
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _load_pair(raw_dir: Path, images_name: str, labels_name: str) -> tuple[torch
     return images, labels.long()
 
 
-def prepare(raw_dir: Path, out_path: Path, data_cfg: dict) -> dict:
+def prepare(raw_dir: Path, out_path: Path, spec: DataSpec) -> dict:
     """Digit filter, train/validation split, binarization; save (atomically) and return the dict.
 
     Split: the kept training images are permuted by ``torch.Generator().manual_seed(split_seed)``;
@@ -105,11 +106,11 @@ def prepare(raw_dir: Path, out_path: Path, data_cfg: dict) -> dict:
     ``binarize == "static"``; when "dynamic" it stays grey-level in [0, 1]).
     """
     raw_dir, out_path = Path(raw_dir), Path(out_path)
-    digits = sorted(int(d) for d in data_cfg["digits"])
-    n_val = int(data_cfg["n_val"])
-    max_train, max_test = data_cfg.get("max_train"), data_cfg.get("max_test")
-    split_seed, bin_seed = int(data_cfg["split_seed"]), int(data_cfg["binarize_seed"])
-    mode = data_cfg["binarize"]
+    digits = sorted(int(d) for d in spec.digits)
+    n_val = int(spec.n_val)
+    max_train, max_test = spec.max_train, spec.max_test
+    split_seed, bin_seed = int(spec.split_seed), int(spec.binarize_seed)
+    mode = spec.binarize
     if mode not in ("dynamic", "static"):
         raise DataError(f"config key 'data.binarize' is {mode!r}, expected 'dynamic' or 'static'.")
 
@@ -162,6 +163,7 @@ def prepare(raw_dir: Path, out_path: Path, data_cfg: dict) -> dict:
             "split_seed": split_seed,
             "binarize_seed": bin_seed,
             "sha256": {name: sha256_file(raw_dir / name) for name in FILES},
+            "key": data_key(spec),
         },
     }
     torch_save(out, out_path)
@@ -177,8 +179,9 @@ def prepare(raw_dir: Path, out_path: Path, data_cfg: dict) -> dict:
     return out
 
 
-def load_prepared(path: Path) -> dict:
-    """Load a file written by ``prepare`` (``weights_only=True``); DataError if missing/corrupt."""
+def load_prepared(path: Path, spec: DataSpec | None = None) -> dict:
+    """Load a file written by ``prepare`` (``weights_only=True``); DataError if missing/corrupt
+    or, given ``spec``, prepared with other data settings (its key differs)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prepared data file {path} does not exist; run `flowvae prepare` first.")
@@ -193,5 +196,10 @@ def load_prepared(path: Path) -> dict:
     if missing:
         raise DataError(
             f"prepared data file {path} lacks {missing}; delete it and re-run `flowvae prepare`."
+        )
+    if spec is not None and data["meta"].get("key") != data_key(spec):
+        raise StaleRunError(
+            f"prepared data file {path} was made with other data settings than this job's; run "
+            "the pipeline again (it prepares the data again when they change)"
         )
     return data

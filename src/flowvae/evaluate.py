@@ -22,8 +22,9 @@ from tqdm import tqdm
 from flowvae import data as data_mod
 from flowvae import io, quadrature
 from flowvae.errors import ConfigError
+from flowvae.modelfile import TrainedModel, check_key, load_model, pick_device
 from flowvae.objectives import iwae_nll
-from flowvae.train import load_model, pick_device
+from flowvae.spec import EvaluateSpec, RunSpec
 from flowvae.vae import VAE
 
 log = logging.getLogger(__name__)
@@ -110,18 +111,18 @@ def rqmc_elbo(
 def test_terms(
     model: VAE,
     x: torch.Tensor,
-    ecfg: dict,
+    ecfg: EvaluateSpec,
     gen: torch.Generator,
     progress: bool,
     seconds: dict[str, float],
 ) -> dict[str, np.ndarray]:
     """Per image: -ELBO and its terms with a standard error (``adaptive_elbo``), IWAE NLL."""
     t0 = time.process_time()
-    out = adaptive_elbo(model, x, ecfg["seed"], progress)
+    out = adaptive_elbo(model, x, ecfg.seed, progress)
     seconds["elbo"] = time.process_time() - t0
     t0 = time.process_time()
     iwae = [
-        iwae_nll(model, x[i : i + BATCH], ecfg["iwae_k"], ecfg["chunk"], gen)
+        iwae_nll(model, x[i : i + BATCH], ecfg.iwae_k, ecfg.chunk, gen)
         for i in tqdm(range(0, x.shape[0], BATCH), desc="IWAE", disable=not progress)
     ]
     seconds["iwae"] = time.process_time() - t0
@@ -348,27 +349,29 @@ def run_checks(table: pd.DataFrame, iwae_check: dict, quad: dict | None = None) 
     return checks
 
 
-def _spacing(ecfg: dict) -> float | None:
+def _spacing(ecfg: EvaluateSpec) -> float | None:
     """Starting quadrature spacing: from quadrature_points when extent and points are set."""
-    if ecfg["quadrature_extent"] is None or ecfg["quadrature_points"] is None:
+    if ecfg.quadrature_extent is None or ecfg.quadrature_points is None:
         return None
-    return 2 * ecfg["quadrature_extent"] / ecfg["quadrature_points"]
+    return 2 * ecfg.quadrature_extent / ecfg.quadrature_points
 
 
-def _load(cfg: dict, model_path: Path, data_path: Path, threads: int | None):
-    """Thread count, device, the trained model (with its record) and the prepared data."""
-    torch.set_num_threads(threads or cfg["evaluate"]["threads"])
-    device = pick_device(cfg["train"]["device"])
-    model, record = load_model(model_path, device)
-    return model, record, data_mod.load_prepared(data_path), device
+def _load(spec: RunSpec, model_path: Path, data_path: Path):
+    """Thread count, device, the trained model (checked to have ``spec``'s training key) and
+    the prepared data (checked to have its data key)."""
+    torch.set_num_threads(spec.evaluate.threads)
+    device = pick_device(spec.train.device)
+    trained = load_model(model_path, device)
+    check_key(trained, spec, model_path)
+    return trained, data_mod.load_prepared(data_path, spec.data), device
 
 
-def _grid_arrays(record: dict, data: dict, images: list[int], x: torch.Tensor) -> dict:
+def _grid_arrays(trained: TrainedModel, data: dict, images: list[int], x: torch.Tensor) -> dict:
     """The identification and image part of a grid file, for test positions ``images``."""
     return {
-        "variant": np.array(record["variant"]),
-        "seed": np.array(record["seed"]),
-        "family": np.array(record["summary"]["family"]),
+        "variant": np.array(trained.spec.variant),
+        "seed": np.array(trained.spec.seed),
+        "family": np.array(trained.spec.posterior.family),
         "images": x.cpu().numpy(),
         "image_index": np.array(images),
         "labels": data["test_labels"][images].numpy(),
@@ -376,24 +379,22 @@ def _grid_arrays(record: dict, data: dict, images: list[int], x: torch.Tensor) -
 
 
 def evaluate(
-    cfg: dict,
-    model_path: Path,
-    data_path: Path,
-    out_dir: Path,
-    threads: int | None = None,
-    progress: bool = True,
+    spec: RunSpec, model_path: Path, data_path: Path, out_dir: Path, progress: bool = True
 ) -> dict:
-    """Evaluate one trained model; write metrics.json, per_image.csv and grid.npz into out_dir."""
-    ecfg = cfg["evaluate"]
-    model, record, data, device = _load(cfg, model_path, data_path, threads)
+    """Evaluate one trained model; write metrics.json, per_image.csv and grid.npz into out_dir.
+
+    metrics.json records the evaluation's key (``spec.key("evaluate")``)."""
+    ecfg = spec.evaluate
+    trained, data, device = _load(spec, model_path, data_path)
+    model = trained.model
     x = data["test"].to(device)
-    images = ecfg["images"]
+    images = list(ecfg.images)
     if max(images) >= x.shape[0]:
         raise ConfigError(
             f"config key 'evaluate.images': position {max(images)} is beyond the "
             f"{x.shape[0]} test images"
         )
-    gen = torch.Generator(device=device).manual_seed(ecfg["seed"])
+    gen = torch.Generator(device=device).manual_seed(ecfg.seed)
 
     seconds: dict[str, float] = {}  # CPU seconds per step (= wall seconds on an idle thread)
     wall0, t0 = time.perf_counter(), time.process_time()
@@ -403,26 +404,26 @@ def evaluate(
     if model.latent_dim == 2:
         t1 = time.process_time()
         quad, grid_info = quadrature.adaptive_log_marginal(
-            model, x, ecfg["quadrature_extent"], _spacing(ecfg), tol=QUAD_TOL
+            model, x, ecfg.quadrature_extent, _spacing(ecfg), tol=QUAD_TOL
         )
         log_px = quad["log_px"]
         exact, bound = -log_px.cpu().numpy(), quad["bound"].cpu().numpy()
         seconds["quadrature"] = time.process_time() - t1
         t1 = time.process_time()
-        n_check = min(ecfg["check_images"], x.shape[0])
+        n_check = min(ecfg.check_images, x.shape[0])
         if n_check:
             check = quadrature.iwae_convergence(
                 model,
                 x[:n_check],
                 log_px[:n_check],
-                tuple(ecfg["check_ks"]),
-                ecfg["check_repeats"],
-                ecfg["chunk"],
-                ecfg["seed"],
+                tuple(ecfg.check_ks),
+                ecfg.check_repeats,
+                ecfg.chunk,
+                ecfg.seed,
             )
         seconds["iwae_check"] = time.process_time() - t1
         t1 = time.process_time()
-        grids = posterior_grids(model, x[images], ecfg["grid_extent"], ecfg["grid_points"])
+        grids = posterior_grids(model, x[images], ecfg.grid_extent, ecfg.grid_points)
         seconds["posterior_grids"] = time.process_time() - t1
     else:
         log.info("latent dimension %d: no quadrature and no posterior grids", model.latent_dim)
@@ -436,13 +437,13 @@ def evaluate(
             model,
             x,
             None if exact is None else -torch.as_tensor(exact, device=x.device, dtype=x.dtype),
-            ecfg["seed"],
+            ecfg.seed,
         )
         seconds["step_doubling"] = time.process_time() - t1
     eval_seconds = time.process_time() - t0
     wall_seconds = time.perf_counter() - wall0
 
-    variant, seed = record["variant"], record["seed"]
+    variant, seed = spec.variant, spec.seed
     table = pd.DataFrame(
         {
             "variant": variant,
@@ -456,14 +457,15 @@ def evaluate(
     )
     table["gap"] = table["neg_elbo"] - table["exact_nll"]
     table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
-    summary = record["summary"]
+    summary = trained.summary
     iwae_check = _check_summary(check)
     checks = run_checks(table, iwae_check, grid_info)
     gap = table["gap"].dropna()
     metrics = {
         "variant": variant,
         "seed": seed,
-        "family": summary["family"],
+        "family": spec.posterior.family,
+        "key": spec.key("evaluate"),
         "n_test": int(x.shape[0]),
         "test_neg_elbo": float(table["neg_elbo"].mean()),
         "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
@@ -502,7 +504,7 @@ def evaluate(
             )
         },
     }
-    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pics}
+    arrays = {**_grid_arrays(trained, data, images, x[images]), **grids, **pics}
     io.write_csv(table, out_dir / "per_image.csv")
     check.insert(0, "seed", seed)
     check.insert(0, "variant", variant)
@@ -528,21 +530,16 @@ def evaluate(
 
 
 def gap_grids(
-    cfg: dict,
-    model_path: Path,
-    data_path: Path,
-    reference: Path,
-    out: Path,
-    top: int = 4,
-    threads: int | None = None,
+    spec: RunSpec, model_path: Path, data_path: Path, reference: Path, out: Path, top: int = 4
 ) -> list[int]:
     """Posterior grids of the ``top`` test images with the largest gap in ``reference``.
 
     ``reference`` is the per_image.csv of the reference variant (the standard VAE); the grid
     file has the layout of grid.npz, so the same figures read it. Returns the image positions.
     """
-    ecfg = cfg["evaluate"]
-    model, record, data, device = _load(cfg, model_path, data_path, threads)
+    ecfg = spec.evaluate
+    trained, data, device = _load(spec, model_path, data_path)
+    model = trained.model
     if model.latent_dim != 2:
         raise ConfigError("config key 'model.latent_dim': the gap grids need a 2-D latent space")
     table = pd.read_csv(reference)
@@ -550,7 +547,7 @@ def gap_grids(
         raise ConfigError(f"{reference} has no posterior gaps (exact evaluation missing)")
     images = [int(i) for i in table.nlargest(top, "gap")["index"]]
     x = data["test"].to(device)[images]
-    grids = posterior_grids(model, x, ecfg["grid_extent"], ecfg["grid_points"])
-    io.write_npz(out, {**_grid_arrays(record, data, images, x), **grids})
-    log.info("%s: grids of the %d largest-gap images %s", record["variant"], top, images)
+    grids = posterior_grids(model, x, ecfg.grid_extent, ecfg.grid_points)
+    io.write_npz(out, {**_grid_arrays(trained, data, images, x), **grids})
+    log.info("%s: grids of the %d largest-gap images %s", spec.variant, top, images)
     return images

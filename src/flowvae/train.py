@@ -2,12 +2,12 @@
 
 All randomness after model initialization flows through two explicit generators (one for
 shuffling and binarization on the CPU, one for the reparameterization noise on the device);
-checkpoints store them with the model and optimizer, so ``resume`` continues exactly.
+checkpoints store them with the model and optimizer, so ``resume`` continues exactly. The run's
+settings arrive as one :class:`flowvae.spec.RunSpec`; model.pt and checkpoint.pt record its key.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,57 +20,28 @@ import torch
 from tqdm import tqdm
 
 from flowvae import data as data_mod
-from flowvae import io
-from flowvae.config import train_settings, variant_settings
+from flowvae import io, modelfile
 from flowvae.errors import FlowvaeError, StaleRunError, TrainingError
 from flowvae.lock import run_lock
+from flowvae.modelfile import pick_device
 from flowvae.objectives import elbo_terms
+from flowvae.spec import RunSpec, TrainSpec
 from flowvae.vae import VAE, build_model
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FlowvaeError(f"config key 'train.device' is '{name}' but CUDA is not available")
-    return torch.device(name)
-
-
-def run_settings(cfg: dict, variant: str, seed: int) -> dict:
-    """Everything that determines the trained weights (not threads, device or checkpointing)."""
-    train = {
-        k: v
-        for k, v in train_settings(cfg, variant).items()
-        if k not in ("threads", "device", "checkpoint_every")
-    }
-    return {
-        "data": cfg["data"],
-        "model": cfg["model"],
-        "variant": variant,
-        "posterior": variant_settings(cfg, variant),
-        "train": train,
-        "seed": seed,
-    }
-
-
-def fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def learning_rate(tcfg: dict, epoch: int) -> float:
+def learning_rate(t: TrainSpec, epoch: int) -> float:
     """Cosine decay lr_min + (lr - lr_min)(1 + cos(pi e / E)) / 2 over epochs, or constant."""
-    if tcfg["schedule"] == "constant":
-        return tcfg["lr"]
-    frac = epoch / tcfg["epochs"]
-    return tcfg["lr_min"] + 0.5 * (tcfg["lr"] - tcfg["lr_min"]) * (1 + math.cos(math.pi * frac))
+    if t.schedule == "constant":
+        return t.lr
+    frac = epoch / t.epochs
+    return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * frac))
 
 
-def kl_weight(tcfg: dict, epoch: int) -> float:
+def kl_weight(t: TrainSpec, epoch: int) -> float:
     """beta rises linearly from 1/W to 1 over the first W epochs (KL warm-up)."""
-    w = tcfg["kl_warmup_epochs"]
+    w = t.kl_warmup_epochs
     return 1.0 if w == 0 else min(1.0, (epoch + 1) / w)
 
 
@@ -98,7 +69,7 @@ def _check_writable(out_dir: Path) -> None:
         raise FlowvaeError(f"output folder {out_dir} is not writable: {exc.strerror}") from exc
 
 
-def make_optimizer(model: VAE, tcfg: dict) -> torch.optim.Adam:
+def make_optimizer(model: VAE, t: TrainSpec) -> torch.optim.Adam:
     """Adam with the config's betas and weight decay; the lr is set per epoch by the schedule.
 
     The fused kernel updates every parameter in one pass (on the CPU and on CUDA): 10-20% of
@@ -106,9 +77,9 @@ def make_optimizer(model: VAE, tcfg: dict) -> torch.optim.Adam:
     """
     return torch.optim.Adam(
         model.parameters(),
-        lr=tcfg["lr"],
-        betas=tuple(tcfg["betas"]),
-        weight_decay=tcfg["weight_decay"],
+        lr=t.lr,
+        betas=tuple(t.betas),
+        weight_decay=t.weight_decay,
         fused=True,
     )
 
@@ -137,22 +108,23 @@ class TrainState:
     epoch: int = 0  # epochs finished
 
 
-def start(cfg: dict, variant: str, seed: int, device: torch.device) -> TrainState:
-    """A fresh run: weights from ``seed``, shuffling from ``seed``, noise from ``seed + 10000``."""
-    torch.manual_seed(seed)
-    model = build_model(cfg, variant).to(device)
+def start(spec: RunSpec, device: torch.device) -> TrainState:
+    """A fresh run: weights from the seed s, shuffling from s, noise from s + 10000."""
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, spec.posterior).to(device)
     return TrainState(
         model=model,
-        optimizer=make_optimizer(model, cfg["train"]),
-        data_gen=torch.Generator().manual_seed(seed),
-        noise_gen=torch.Generator(device=device).manual_seed(seed + 10_000),
+        optimizer=make_optimizer(model, spec.train),
+        data_gen=torch.Generator().manual_seed(spec.seed),
+        noise_gen=torch.Generator(device=device).manual_seed(spec.seed + 10_000),
     )
 
 
-def save_checkpoint(state: TrainState, key: str, path: Path) -> None:
-    io.torch_save(
+def save_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> None:
+    modelfile.save_checkpoint(
+        path,
+        spec,
         {
-            "fingerprint": key,
             "epoch": state.epoch,
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
@@ -160,19 +132,19 @@ def save_checkpoint(state: TrainState, key: str, path: Path) -> None:
             "noise_gen": state.noise_gen.get_state(),
             "history": state.history,
         },
-        path,
     )
 
 
-def resume_from_checkpoint(state: TrainState, key: str, path: Path) -> bool:
+def resume_from_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> bool:
     """Continue ``state`` from the checkpoint at ``path`` if it exists, is readable and was
-    written with the same settings (fingerprint ``key``); else leave it and say why."""
+    written for the same key; else leave it and say why. A checkpoint that needs arbitrary
+    unpickling is refused (UnsafeFileError), never opened."""
     if not path.exists():
         return False
     try:
         # RNG states must stay CPU tensors; load_state_dict moves the weights to the device
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt["fingerprint"] != key:
+        ckpt = modelfile.load_checkpoint(path, spec)
+        if ckpt is None:
             log.warning("ignoring %s: it was written with other settings", path)
             return False
         state.model.load_state_dict(ckpt["model"])
@@ -180,6 +152,8 @@ def resume_from_checkpoint(state: TrainState, key: str, path: Path) -> bool:
         state.data_gen.set_state(ckpt["data_gen"])
         state.noise_gen.set_state(ckpt["noise_gen"])
         state.history, state.epoch = ckpt["history"], ckpt["epoch"]
+    except modelfile.UnsafeFileError:
+        raise
     except Exception as exc:  # a damaged file: any unpickling or shape error
         log.warning("checkpoint %s is damaged (%s); training starts over", path, exc)
         path.unlink(missing_ok=True)
@@ -188,7 +162,7 @@ def resume_from_checkpoint(state: TrainState, key: str, path: Path) -> bool:
 
 
 def train_epoch(
-    state: TrainState, x: torch.Tensor, tcfg: dict, beta: float, label: str = ""
+    state: TrainState, x: torch.Tensor, t: TrainSpec, beta: float, label: str = ""
 ) -> float:
     """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg); returns the
     mean negative ELBO over the epoch's images.
@@ -196,7 +170,7 @@ def train_epoch(
     Losses stay on the device until the epoch ends (no host synchronisation per step); a
     non-finite loss is then reported with its batch.
     """
-    n, bs = x.shape[0], tcfg["batch_size"]
+    n, bs = x.shape[0], t.batch_size
     order = torch.randperm(n, generator=state.data_gen).to(x.device)
     params = list(state.model.parameters())
     n_batches = math.ceil(n / bs)
@@ -204,13 +178,13 @@ def train_epoch(
     neg_elbo_sum = torch.zeros((), device=x.device)
     for b in range(n_batches):
         terms = elbo_terms(
-            state.model, x[order[b * bs : (b + 1) * bs]], tcfg["samples"], beta, state.noise_gen
+            state.model, x[order[b * bs : (b + 1) * bs]], t.samples, beta, state.noise_gen
         )
         loss = terms["loss"].mean()
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tcfg["grad_clip"] is not None:
-            clip_gradients(params, tcfg["grad_clip"])
+        if t.grad_clip is not None:
+            clip_gradients(params, t.grad_clip)
         state.optimizer.step()
         losses[b] = loss.detach()
         neg_elbo_sum += terms["neg_elbo"].detach().sum()
@@ -224,16 +198,14 @@ def train_epoch(
     return neg_elbo_sum.item() / n
 
 
-def write_outputs(
-    state: TrainState, settings: dict, key: str, cfg: dict, n_train: int, out_dir: Path
-) -> dict:
+def write_outputs(state: TrainState, spec: RunSpec, n_train: int, out_dir: Path) -> dict:
     """model.pt, history.csv and train.json (written last) into ``out_dir``."""
     hist = pd.DataFrame(state.history)
     device = next(state.model.parameters()).device
     summary = {
-        "variant": settings["variant"],
-        "seed": settings["seed"],
-        "family": settings["posterior"]["family"],
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "family": spec.posterior.family,
         "epochs": state.epoch,
         "n_train": n_train,
         "n_params": sum(p.numel() for p in state.model.parameters()),
@@ -243,98 +215,81 @@ def write_outputs(
         "final_val_loss": float(hist["val_loss"].iloc[-1]),
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "fingerprint": key,
+        "key": spec.key("train"),
     }
-    io.torch_save(
-        {
-            "state_dict": state.model.state_dict(),
-            "config": cfg,
-            "variant": settings["variant"],
-            "seed": settings["seed"],
-            "summary": summary,
-        },
-        out_dir / "model.pt",
-    )
+    modelfile.save_model(out_dir / "model.pt", state.model, spec, summary)
     io.write_csv(hist, out_dir / "history.csv")
     io.write_json(out_dir / "train.json", summary)
     return summary
 
 
 def train(
-    cfg: dict,
-    variant: str,
-    seed: int,
+    spec: RunSpec,
     data_path: Path,
     out_dir: Path,
-    threads: int | None = None,
     resume: bool = False,
     progress: bool = True,
+    settings_file: Path | None = None,
 ) -> dict:
-    """Train one variant with one seed; write model.pt, history.csv, train.json into out_dir.
+    """Train one run; write model.pt, history.csv, train.json into out_dir.
 
     The run folder is locked for the whole run (:mod:`flowvae.lock`): a second trainer of the
-    same folder stops at once, naming the first.
+    same folder stops at once, naming the first. With ``settings_file`` (the spec file the job
+    read), a run whose file changed key while it trained writes no outputs (StaleRunError), so
+    the workflow trains it again.
     """
     _check_writable(out_dir)
-    label = f"{variant} seed {seed}"
-    with run_lock(out_dir, f"training {label}"):
-        return _train_locked(
-            cfg, variant, seed, data_path, out_dir, threads, resume, progress, label
-        )
+    with run_lock(out_dir, f"training {spec.label()}"):
+        return _train_locked(spec, data_path, out_dir, resume, progress, settings_file)
 
 
 def _train_locked(
-    cfg: dict,
-    variant: str,
-    seed: int,
+    spec: RunSpec,
     data_path: Path,
     out_dir: Path,
-    threads: int | None,
     resume: bool,
     progress: bool,
-    label: str,
+    settings_file: Path | None,
 ) -> dict:
     """start or resume -> epochs (train, validate, checkpoint) -> write outputs."""
-    tcfg = train_settings(cfg, variant)
-    torch.set_num_threads(threads or tcfg["threads"])
-    device = pick_device(tcfg["device"])
-    data = data_mod.load_prepared(data_path)
+    t, label = spec.train, spec.label()
+    torch.set_num_threads(t.threads)
+    device = pick_device(t.device)
+    data = data_mod.load_prepared(data_path, spec.data)
     dynamic = data["binarize"] == "dynamic"
     x_train = None if dynamic else data["train"].to(device)  # dynamic: re-binarized each epoch
     x_val = data["val"].to(device)
     n = data["train"].shape[0]
 
-    state = start(cfg, variant, seed, device)
-    settings = run_settings(cfg, variant, seed)
-    key = fingerprint(settings)
+    state = start(spec, device)
     ckpt_path = out_dir / "checkpoint.pt"
-    if resume and resume_from_checkpoint(state, key, ckpt_path):
+    if resume and resume_from_checkpoint(state, spec, ckpt_path):
         log.info("resuming %s from epoch %d (%s)", label, state.epoch, ckpt_path)
 
     bar = tqdm(
-        total=tcfg["epochs"],
+        total=t.epochs,
         initial=state.epoch,
         desc=label,
         disable=not progress,
         mininterval=2.0,
         unit="epoch",
     )
-    while state.epoch < tcfg["epochs"]:
+    while state.epoch < t.epochs:
         epoch = state.epoch
-        lr, beta = learning_rate(tcfg, epoch), kl_weight(tcfg, epoch)
+        lr, beta = learning_rate(t, epoch), kl_weight(t, epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
         x_epoch = (
             data_mod.binarize(data["train"], state.data_gen).to(device) if dynamic else x_train
         )
-        train_loss = train_epoch(state, x_epoch, tcfg, beta, label)
+        train_loss = train_epoch(state, x_epoch, t, beta, label)
         seconds = time.perf_counter() - t0
-        val = validation_loss(state.model, x_val, seed=seed)
+        val = validation_loss(state.model, x_val, seed=spec.seed)
         state.history.append(
             {
-                "variant": variant,
-                "seed": seed,
+                "variant": spec.variant,
+                "seed": spec.seed,
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "val_loss": val["neg_elbo"],
@@ -356,60 +311,25 @@ def _train_locked(
                 val["neg_elbo"],
                 seconds,
             )
-        if state.epoch % tcfg["checkpoint_every"] == 0 and state.epoch < tcfg["epochs"]:
-            save_checkpoint(state, key, ckpt_path)
+        if state.epoch % t.checkpoint_every == 0 and state.epoch < t.epochs:
+            save_checkpoint(state, spec, ckpt_path)
     bar.close()
-    summary = write_outputs(state, settings, key, cfg, n, out_dir)
+    if settings_file is not None:
+        check_unchanged(settings_file, spec)
+    summary = write_outputs(state, spec, n, out_dir)
     ckpt_path.unlink(missing_ok=True)  # done: a rerun (e.g. after a code change) starts afresh
     return summary
 
 
-def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[VAE, dict]:
-    """Rebuild a trained model from model.pt; returns (model in eval mode, the saved record)."""
+def check_unchanged(settings_file: Path, spec: RunSpec) -> None:
+    """StaleRunError when ``settings_file`` no longer holds ``spec``'s training key (the
+    workflow rewrote it while this job ran): the outputs would be stale when written."""
     try:
-        record = torch.load(path, map_location=device, weights_only=False)
-        model = build_model(record["config"], record["variant"]).to(device)
-        model.load_state_dict(record["state_dict"])
-    except FlowvaeError:
-        raise
-    except Exception as exc:  # truncated, not a torch file, or from another model
-        raise FlowvaeError(
-            f"model file {path} is damaged or unreadable ({type(exc).__name__}: {exc}); "
-            f"delete it and run the pipeline again to retrain that run"
-        ) from exc
-    return model.eval(), record
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def settings_difference(made_with: dict, wanted: dict) -> list[str]:
-    """Dotted keys whose values differ between two settings trees.
-
-    >>> settings_difference({"train": {"lr": 1e-3, "epochs": 4}}, {"train": {"lr": 3e-4}})
-    ['train.epochs', 'train.lr']
-    """
-    a, b = _flatten(made_with), _flatten(wanted)
-    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-
-
-def check_trained_with(record: dict, cfg: dict, path: Path) -> None:
-    """Stop (StaleRunError) when the model at ``path`` was trained with settings other than
-    those ``cfg`` asks for, naming the run, the keys that differ and how to rebuild it."""
-    variant, seed = record["variant"], record["seed"]
-    made = run_settings(record["config"], variant, seed)
-    wanted = run_settings(cfg, variant, seed)
-    if fingerprint(made) != fingerprint(wanted):
-        keys = settings_difference(made, wanted)
+        now = json.loads(Path(settings_file).read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        now = None
+    if now != spec.key("train"):
         raise StaleRunError(
-            f"{path} ({variant} seed {seed}) was trained with other settings than the current "
-            f"config ({', '.join(keys)} differ); run the pipeline again (it retrains runs whose "
-            f"settings changed), or delete {path.parent} and rerun"
+            f"{settings_file} changed while {spec.label()} trained; its outputs are not written "
+            "and the next run of the pipeline trains it again"
         )

@@ -9,9 +9,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from flowvae import posteriors
-from flowvae.config import variant_settings
 from flowvae.nets import Decoder, Encoder
 from flowvae.posteriors.base import PosteriorFamily
+from flowvae.spec import ModelSpec, PosteriorSpec
 
 DATA_DIM = 784
 
@@ -48,9 +48,8 @@ class VAE(nn.Module):
         return (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
-def build_model(cfg: dict, variant: str) -> VAE:
-    """The VAE of ``variant`` with the architecture of ``cfg['model']``."""
-    settings = variant_settings(cfg, variant)
-    family = settings.pop("family")
-    posterior = posteriors.build(family, cfg["model"]["latent_dim"], **settings)
-    return VAE(posterior, cfg["model"]["hidden"], cfg["model"]["activation"])
+def build_model(model: ModelSpec, posterior: PosteriorSpec) -> VAE:
+    """The VAE with the architecture ``model`` and the posterior family ``posterior``."""
+    family = posteriors.families()[posterior.family]
+    q = family(latent_dim=model.latent_dim, **posterior.kwargs())
+    return VAE(q, list(model.hidden), model.activation)

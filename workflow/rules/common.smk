@@ -19,7 +19,7 @@ except ConfigError as exc:
 # Only the main process writes the settings files: a cluster job parses this file again,
 # perhaps with the config of a Snakemake that is gone, and must not write them back.
 if workflow.is_main_process:
-    for _line in STUDY.describe() + STUDY.sync_settings():
+    for _line in STUDY.describe() + STUDY.write_settings():
         logger.info(_line)
 
 R = STUDY.results
@@ -29,6 +29,9 @@ SWEEP = {
     for kind in flowvae_study.RUN_FILES
 }
 CODE = {stage: STUDY.code(stage) for stage in flowvae_study.CODE}
+# Device and checkpoint interval per variant: read by every train and evaluate job, never a
+# reason to rerun one (`ancient`: its time is ignored; see flowvae.study.settings).
+RUNTIME = ancient(STUDY.study_file("runtime"))
 # Software of every rule (for --software-deployment-method conda); see environment.yml.
 ENV = "../../environment.yml"
 

@@ -13,6 +13,7 @@ use rule train as train_compute with:
     input:
         data=rules.prepare.output.data,
         settings=COMPUTE["train_settings"],
+        runtime=RUNTIME,
         code=CODE["train"],
     output:
         model=COMPUTE["model"],
@@ -29,6 +30,7 @@ use rule evaluate as evaluate_compute with:
         model=rules.train_compute.output.model,
         data=rules.prepare.output.data,
         settings=COMPUTE["evaluate_settings"],
+        runtime=RUNTIME,
         code=CODE["evaluate"],
     output:
         metrics=COMPUTE["metrics"],

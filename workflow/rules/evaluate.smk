@@ -2,12 +2,13 @@
 
 
 # Test loss and its terms, IWAE bound, log p(x) by quadrature (2-D latent), posterior grids.
-# The job stops if the model was trained with settings other than its settings file's.
+# The job stops if the model's key is not the training key of its settings file.
 rule evaluate:
     input:
         model=rules.train.output.model,
         data=rules.prepare.output.data,
         settings=RUN["evaluate_settings"],
+        runtime=RUNTIME,
         code=CODE["evaluate"],
     output:
         metrics=RUN["metrics"],
@@ -26,7 +27,7 @@ rule evaluate:
     shell:
         "python -m flowvae evaluate --model {input.model:q} --data {input.data:q}"
         " --out {params.out:q} --threads {threads}"
-        " --settings-file {input.settings:q} > {log:q} 2>&1"
+        " --settings-file {input.settings:q} --runtime {input.runtime:q} > {log:q} 2>&1"
 
 
 # Posterior grids of the test images with the largest gap under the reference variant.
@@ -40,6 +41,7 @@ rule gap_grids:
             allow_missing=True,
         ),
         settings=RUN["evaluate_settings"],
+        runtime=RUNTIME,
         code=CODE["evaluate"],
     output:
         grid=RUN["gap_grid"],
@@ -51,4 +53,4 @@ rule gap_grids:
     shell:
         "python -m flowvae gap-grids --model {input.model:q} --data {input.data:q}"
         " --reference {input.reference:q} --out {output.grid:q} --threads {threads}"
-        " --settings-file {input.settings:q} > {log:q} 2>&1"
+        " --settings-file {input.settings:q} --runtime {input.runtime:q} > {log:q} 2>&1"

@@ -21,6 +21,7 @@ use rule train as train_sweep with:
     input:
         data=sweep_data,
         settings=SWEEP["train_settings"],
+        runtime=RUNTIME,
         code=CODE["train"],
     output:
         model=SWEEP["model"],
@@ -37,6 +38,7 @@ use rule evaluate as evaluate_sweep with:
         model=rules.train_sweep.output.model,
         data=sweep_data,
         settings=SWEEP["evaluate_settings"],
+        runtime=RUNTIME,
         code=CODE["evaluate"],
     output:
         metrics=SWEEP["metrics"],

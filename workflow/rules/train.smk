@@ -1,14 +1,15 @@
 # Training: one job per variant and seed.
 
 
-# The job reads its settings file (flowvae.study) and copies it into the run folder when it
-# ends; the run folder is locked while it trains. checkpoint.pt is not an output, so
-# Snakemake keeps it when a job is killed; the rerun (--rerun-incomplete) resumes from it,
-# and the package ignores a checkpoint written with other settings.
+# The job reads its settings file (the run's spec and key, flowvae.spec) and the runtime file;
+# model.pt and checkpoint.pt record the key. The run folder is locked while it trains.
+# checkpoint.pt is not an output, so Snakemake keeps it when a job is killed; the rerun
+# (--rerun-incomplete) resumes from it, and the package ignores a checkpoint of another key.
 rule train:
     input:
         data=rules.prepare.output.data,
         settings=RUN["train_settings"],
+        runtime=RUNTIME,
         code=CODE["train"],
     output:
         model=RUN["model"],
@@ -24,6 +25,6 @@ rule train:
     params:
         out=parent,
     shell:
-        "python -m flowvae train --data {input.data:q} --variant {wildcards.variant:q}"
-        " --seed {wildcards.seed} --out {params.out:q} --threads {threads} --resume"
-        " --settings-file {input.settings:q} > {log:q} 2>&1"
+        "python -m flowvae train --data {input.data:q} --out {params.out:q}"
+        " --threads {threads} --resume --settings-file {input.settings:q}"
+        " --runtime {input.runtime:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ use rule train as train_tuning with:
     input:
         data=rules.prepare.output.data,
         settings=TUNING["train_settings"],
+        runtime=RUNTIME,
         code=CODE["train"],
     output:
         model=TUNING["model"],
