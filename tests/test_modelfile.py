@@ -138,7 +138,8 @@ def test_the_readme_steps_train_then_evaluate_without_the_config(prepared, tmp_p
         return done
 
     flowvae("train", "--data", prepared, "--variant", "iaf", "--seed", 0, "--out",
-            tmp_path / "iaf0", "--config", cfg, "--set", "train.epochs=2", "--no-progress")  # fmt: skip
+            tmp_path / "iaf0", "--config", cfg, "--set", "train.epochs=2",
+            "--no-progress")  # fmt: skip
     flowvae("evaluate", "--model", tmp_path / "iaf0" / "model.pt", "--data", prepared, "--out",
             tmp_path / "eval", "--set", "evaluate.iwae_k=4", "--set", "evaluate.check_images=2",
             "--set", "evaluate.grid_points=12", "--no-progress")  # fmt: skip

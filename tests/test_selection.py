@@ -1,5 +1,5 @@
 """The hyperparameter protocol: candidates, the selection on the validation loss, adoption into
-the config, and the default config against the committed selection."""
+config/selected.yaml, and the default configs against the committed selection."""
 
 import json
 from pathlib import Path
@@ -15,10 +15,11 @@ from flowvae.errors import ConfigError
 from flowvae.study import Study
 
 DEFAULT = REPO_ROOT / "config" / "config.yaml"
+SELECTED = REPO_ROOT / "config" / "selected.yaml"
 
 
 def study(**tuning) -> Study:
-    cfg = config_mod.load([DEFAULT], None, [])
+    cfg = config_mod.load([DEFAULT, SELECTED], None, [])
     own = {**cfg["tuning"]["own"], **tuning.pop("own", {})}
     cfg["tuning"] = {**cfg["tuning"], "own": own, **tuning}
     return Study(cfg)
@@ -33,8 +34,8 @@ def test_every_variant_gets_the_same_trials_from_shared_and_own_settings():
     }
     iaf = s.candidates["iaf"][0]
     assert iaf.labels == {"steps": 2, "hidden": 64, "lr": 3.0e-4, "epochs": 10}
-    assert config_mod.train_settings(iaf.cfg, "iaf")["lr"] == 3.0e-4
-    assert config_mod.variant_settings(iaf.cfg, "iaf")["steps"] == 2
+    run = config_mod.resolve(iaf.cfg, "iaf", 100)
+    assert run.train.lr == 3.0e-4 and run.posterior.kwargs()["steps"] == 2
     assert (
         len({c.name for cands in s.candidates.values() for c in cands if c.variant == "iaf"}) == 12
     )
@@ -101,8 +102,7 @@ def test_the_selection_takes_the_lowest_mean_validation_loss_per_variant():
 
 
 def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text(DEFAULT.read_text())
+    out = tmp_path / "selected.yaml"
     s = study()
     table = selection.table(
         [
@@ -124,43 +124,35 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
     )
     before = selection.difference(s.cfg, table)
     assert before  # the committed settings are not that selection
-    changed = selection.adopt(config, table)
-    assert changed and changed == [
-        v for v in s.variants if any(d.startswith(f"variants.{v}") for d in before)
-    ]
-    adopted = config_mod.load([config], None, [])
+    base = config_mod.load([DEFAULT])
+    hand_written = DEFAULT.read_text()
+    changed = selection.adopt(out, table, base)
+    assert changed == s.variants, "a new file: every variant is new"
+    assert DEFAULT.read_text() == hand_written, "the hand-written config is never rewritten"
+    adopted = config_mod.load([DEFAULT, out], None, [])
     assert selection.difference(adopted, table) == []
     longest = max(s.cfg["tuning"]["shared"]["epochs"])
-    assert config_mod.train_settings(adopted, "iaf") | {"lr": 0} == config_mod.train_settings(
-        s.cfg, "iaf"
-    ) | {"lr": 0, "epochs": longest}
-    assert config_mod.variant_settings(adopted, "pcpmap")["depth"] == 2
+    iaf = config_mod.resolve(adopted, "iaf", 0)
+    assert iaf.train.epochs == longest and iaf.train.lr == 3e-3
+    assert config_mod.resolve(adopted, "pcpmap", 0).posterior.kwargs()["depth"] == 2
     # equal compute: the slower variants' epochs take 0.3 s each, the standard's 0.1 s: 3x
     assert adopted["equal_compute"] == {
         "standard": 3 * longest, "iaf": longest, "pcpmap": longest, "cotflow": longest
     }  # fmt: skip
-    # the rest of the file is kept, and a second adoption changes nothing
+    # the rest of the config is the hand-written one, and a second adoption changes nothing
     assert adopted["tuning"] == s.cfg["tuning"] and adopted["seeds"] == s.cfg["seeds"]
-    assert selection.adopt(config, table) == []
+    assert selection.adopt(out, table, base) == []
     # a hand edit is found, named by its key
-    text = config.read_text().replace("width: 128", "width: 96", 1)
-    config.write_text(text)
-    edited = config_mod.load([config], None, [])
+    out.write_text(out.read_text().replace("width: 128", "width: 96", 1))
+    edited = config_mod.load([DEFAULT, out], None, [])
     assert "variants.pcpmap.width" in selection.difference(edited, table)
-
-
-def test_adopt_needs_the_marker_lines(tmp_path):
-    config = tmp_path / "config.yaml"
-    config.write_text("seeds: [0]\n")
-    with pytest.raises(selection.FlowvaeError, match="no block of selected settings"):
-        selection.adopt(config, pd.DataFrame())
 
 
 def test_the_default_config_carries_the_committed_selection():
     committed = REPO_ROOT / "results" / "selection.csv"
     if not committed.exists():
         pytest.skip("results/selection.csv is not committed yet: the tuning stage has not run")
-    cfg = config_mod.load([DEFAULT], None, [])
+    cfg = config_mod.load([DEFAULT, SELECTED], None, [])
     table = selection.read(committed)
     plan = Study(cfg).tuning_plan()
     assert sorted(table["candidate"]) == sorted(c["candidate"] for c in plan["candidates"])
@@ -172,12 +164,11 @@ def test_selection_reads_the_plan_and_refuses_a_stale_run(tmp_path):
     for lr, loss in ((1e-3, 120.0), (3e-3, 119.0)):
         run = tmp_path / f"lr{lr}"
         run.mkdir()
-        settings = {"train": {"lr": lr}}
-        (tmp_path / f"lr{lr}.json").write_text(json.dumps(settings))
-        (run / "settings.json").write_text(json.dumps(settings))
+        (tmp_path / f"lr{lr}.json").write_text(json.dumps({"stage": "train", "key": f"k{lr}"}))
         (run / "train.json").write_text(
             json.dumps(
                 {
+                    "key": f"k{lr}",
                     "variant": "a",
                     "seed": 100,
                     "final_val_loss": loss,
@@ -205,14 +196,19 @@ def test_selection_reads_the_plan_and_refuses_a_stale_run(tmp_path):
     path.write_text(json.dumps(plan))
     table = selection.from_plan(path)
     assert table.loc[table["selected"], "candidate"].tolist() == ["lr=0.003"]
-    Path(tmp_path / "lr0.003.json").write_text(json.dumps({"train": {"lr": 0.01}}))
+    Path(tmp_path / "lr0.003.json").write_text(json.dumps({"stage": "train", "key": "other"}))
     with pytest.raises(selection.FlowvaeError, match="other settings"):
         selection.from_plan(path)
 
 
 def test_quick_protocol_config_is_the_default_grid_in_miniature():
     cfg = config_mod.load(
-        [DEFAULT, REPO_ROOT / "config" / "quick.yaml", REPO_ROOT / "config" / "quick_tuning.yaml"],
+        [
+            DEFAULT,
+            SELECTED,
+            REPO_ROOT / "config" / "quick.yaml",
+            REPO_ROOT / "config" / "quick_tuning.yaml",
+        ],  # fmt: skip
         None,
         [],
     )

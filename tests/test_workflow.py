@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,11 +22,14 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
+from flowvae import config as config_mod
 from flowvae.config import train_settings
 from flowvae.figures import REGISTRY
 
 BIN = Path(sys.executable).parent
-STUDY = yaml.safe_load((REPO_ROOT / "config" / "config.yaml").read_text())
+STUDY = config_mod.load(
+    [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "config" / "selected.yaml"]
+)
 QUICK = yaml.safe_load((REPO_ROOT / "config" / "quick.yaml").read_text())
 
 
@@ -145,11 +147,11 @@ def test_config_overrides_on_the_command_line_are_typed(tmp_path):
     quick = ["config/quick.yaml"]
     jobs = dry_run(tmp=tmp_path, configfiles=quick, config=["seeds=[0, 1, 2]"])
     assert jobs["train"] == 3 * len(QUICK["variants"])
-    jobs = dry_run(tmp=tmp_path, configfiles=quick, config=["train={epochs: 3, lr: 3e-4}"])
+    dry_run(tmp=tmp_path, configfiles=quick, config=["train={kl_warmup_epochs: 3, grad_clip: 5}"])
     settings = json.loads(
         (tmp_path / "results" / "settings" / "train" / "iaf" / "seed0.json").read_text()
-    )
-    assert settings["train"]["epochs"] == 3 and settings["train"]["lr"] == 3e-4
+    )["spec"]
+    assert settings["train"]["kl_warmup_epochs"] == 3 and settings["train"]["grad_clip"] == 5
     assert settings["train"]["batch_size"] == 128, "a nested override keeps the other keys"
 
 
@@ -245,13 +247,13 @@ def test_sweep_runs_each_value_with_its_settings_file(tmp_path):
     text = output(proc)
     assert proc.returncode == 0, text
     width = results / "sweeps" / "width" / "64-64" / "settings"
-    assert json.loads((width / "evaluate" / "standard" / "seed1.json").read_text())["model"][
-        "hidden"
-    ] == [64, 64]
-    # A variants.NAME.* sweep runs NAME only, and its job gets only NAME's settings.
+    evaluate = json.loads((width / "evaluate" / "standard" / "seed1.json").read_text())["spec"]
+    assert evaluate["model"]["hidden"] == [64, 64]
+    # A variants.NAME.* sweep runs NAME only, with its value in NAME's spec.
     (steps,) = [line for line in text.splitlines() if "flowvae train" in line and "/steps/" in line]
     settings = json.loads((results / "sweeps/steps/8/settings/train/iaf/seed1.json").read_text())
-    assert settings["variants"] == {"iaf": {**settings["variants"]["iaf"], "steps": 8}}
+    assert settings["spec"]["variant"] == "iaf"
+    assert settings["spec"]["posterior"]["settings"]["steps"] == 8
     assert "settings/train/iaf/seed1.json" in steps
 
 
@@ -386,7 +388,7 @@ def test_poster_scale_plans_2000_epochs_with_a_gpu_per_training_job(tmp_path):
     settings = json.loads(
         (tmp_path / "results" / "settings" / "train" / "cotflow" / "seed0.json").read_text()
     )
-    assert settings["variants"]["cotflow"]["train"]["epochs"] == 2000
+    assert settings["spec"]["train"]["epochs"] == 2000
     poster = profile("slurm-poster")
     assert poster["set-resources"]["train"]["gpu"] == 1
     assert set(poster["set-resources"]) <= set(profile("slurm")["set-resources"])
@@ -464,37 +466,56 @@ def test_quick_mirror_setting_that_names_the_same_files_reruns_nothing(quick):
     assert jobs == {}
 
 
+def test_quick_settings_that_never_change_a_result_rerun_nothing(quick):
+    """Device, checkpoint interval and threads are runtime settings: not in any key."""
+    jobs = dry_run(
+        tmp=quick,
+        configfiles=["config/quick.yaml"],
+        config=["train={checkpoint_every: 3, device: cpu, threads: 2}", "evaluate={threads: 2}"],
+    )
+    assert jobs == {}
+
+
 def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick):
-    """As after a lost Snakemake: its records of the finished jobs are gone."""
+    """As after a lost Snakemake: its records of the finished jobs are gone; the settings
+    files' keys (and their times) are all that decide."""
     configs = ["config/quick.yaml"]
     outputs = [
         p
         for pattern in ("runs/*/*/*.*", "eval/*/*/*.*")
         for p in sorted((quick / "results").glob(pattern))
-        if p.name != "settings.json" and not p.name.startswith(".")
+        if not p.name.startswith(".")
     ]
     proc = snakemake("--cleanup-metadata", *outputs, tmp=quick, configfiles=configs)
     assert proc.returncode == 0, output(proc)
     assert dry_run(tmp=quick, configfiles=configs) == {}, "no record is no reason to rerun"
-    changed = dry_run(tmp=quick, configfiles=configs, config=["train={lr: 0.002}"])
-    assert changed["train"] == len(QUICK["variants"]) * len(QUICK["seeds"])
-    # A job that outlived its Snakemake finishes after the change, with the old settings:
-    # its outputs are newer than the new settings file, and still it is rebuilt.
-    run_dir = quick / "results" / "runs" / "iaf" / "seed0"
-    times = {path: path.stat().st_mtime for path in run_dir.iterdir()}
-    later = time.time() + 5
-    for path in times:
-        os.utime(path, (later, later))
-    proc = snakemake("-n", tmp=quick, configfiles=configs, config=["train={lr: 0.002}"])
+    # one variant's learning rate: that variant's runs and what reads them, nothing else
+    lr = ["variants={iaf: {train: {lr: 0.002}}}"]
+    proc = snakemake("-n", tmp=quick, configfiles=configs, config=lr)
     text = output(proc)
     assert proc.returncode == 0, text
-    assert "runs/iaf/seed0 was made with other settings (train.lr); it will be rebuilt" in text
-    assert job_counts(text)["train"] == len(QUICK["variants"]) * len(QUICK["seeds"])
-    # back to the settings the runs were made with (and the run's old file times): nothing to
-    # do, records or not
-    for path, mtime in times.items():
-        os.utime(path, (mtime, mtime))
-    assert dry_run(tmp=quick, configfiles=configs) == {}
+    assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text
+    jobs = job_counts(text)
+    assert jobs["train"] == jobs["evaluate"] == len(QUICK["seeds"])
+    assert "prepare" not in jobs
+    # the settings files are back as they were: times count, so the iaf runs rerun (a
+    # setting changed and changed back is a change of its settings files)
+    jobs = dry_run(tmp=quick, configfiles=configs)
+    assert jobs["train"] == len(QUICK["seeds"])
+    # a model whose key is not its settings file's (finished after the change) is refused
+    run_dir = quick / "results" / "runs" / "iaf" / "seed0"
+    settings = quick / "results" / "settings" / "evaluate" / "iaf" / "seed0.json"
+    snakemake("-n", tmp=quick, configfiles=configs, config=lr)  # rewrites the settings file
+    env = pipeline.environment()
+    done = subprocess.run(
+        [str(BIN / "python"), "-m", "flowvae", "evaluate", "--model", str(run_dir / "model.pt"),
+         "--data", str(quick / "results" / "data" / "mnist.pt"), "--out", str(quick / "stale"),
+         "--settings-file", str(settings)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and "train.lr differ" in done.stderr, done.stderr
+    proc = snakemake("--cores", "2", tmp=quick, configfiles=configs)  # back to the quick runs
+    assert proc.returncode == 0, output(proc)
 
 
 def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):

@@ -127,7 +127,9 @@ def equal_compute(cfg: dict, selection: pd.DataFrame) -> dict[str, int]:
     return {v: max(epochs[v], round(budget / seconds[v])) for v in rows.index}
 
 
-def adopt(out: Path, selection: pd.DataFrame, base: dict, source: str = "selection.csv") -> list[str]:
+def adopt(
+    out: Path, selection: pd.DataFrame, base: dict, source: str = "selection.csv"
+) -> list[str]:
     """Write the selected settings of ``selection`` (each variant's selected overrides, merged
     key by key onto the config when read after it) and the equal-compute epochs they give on
     top of the validated config ``base`` into ``out``; returns the variants that changed

@@ -6,8 +6,10 @@ z = T(z0; h(x)) conditioned on the encoder context h(x):
     log q(z|x) = log N(z0; mu, sigma^2) - log |det dT/dz0|
 
 A family subclasses :class:`PosteriorFamily` and implements ``transform`` (z0 -> z and the
-log-determinant) and ``inverse`` (z -> z0). It declares its settings in ``SETTINGS`` (JSON-schema
-properties with defaults, matching the keyword arguments of ``__init__``); ``context_dim`` is the
+log-determinant) and ``inverse`` (z -> z0). Its settings are the keyword arguments of its
+``__init__``, where their defaults are stated; ``SETTINGS`` gives each one's JSON-schema type
+and range, and the class adds the defaults from the signature when it is defined (a setting
+missing from either, or a default stated twice, stops the definition). ``context_dim`` is the
 length of h(x) it reads from the encoder (0: none).
 
 Training-loss hook: ``transform_with_penalty`` returns a third value, a per-sample penalty that
@@ -22,6 +24,7 @@ must converge as ``steps`` grows (the contract tests check this).
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, ClassVar
 
@@ -45,6 +48,24 @@ class PosteriorFamily(nn.Module):
     context_dim: int = 0
     SETTINGS: ClassVar[dict[str, dict[str, Any]]] = {}
     exact_density: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        """SETTINGS gets its defaults from ``__init__``'s signature: stated once, there."""
+        super().__init_subclass__(**kwargs)
+        params = inspect.signature(cls.__init__).parameters
+        names = [n for n in params if n not in ("self", "latent_dim")]
+        if set(names) != set(cls.SETTINGS):
+            raise TypeError(
+                f"{cls.__name__}: SETTINGS ({', '.join(sorted(cls.SETTINGS))}) and the keyword "
+                f"arguments of __init__ ({', '.join(sorted(names))}) differ"
+            )
+        settings = {}
+        for name in names:
+            default = params[name].default
+            if default is inspect.Parameter.empty or "default" in cls.SETTINGS[name]:
+                raise TypeError(f"{cls.__name__}.{name}: state its default once, in __init__")
+            settings[name] = {**cls.SETTINGS[name], "default": default}
+        cls.SETTINGS = settings
 
     def __init__(self, latent_dim: int):
         super().__init__()

@@ -81,14 +81,14 @@ class COTFlowPosterior(PosteriorFamily):
 
     exact_density = False
     SETTINGS: ClassVar[dict] = {
-        "context_dim": {"type": "integer", "minimum": 1, "default": 128},
-        "width": {"type": "integer", "minimum": 1, "default": 32},
-        "layers": {"type": "integer", "minimum": 2, "default": 2},
-        "projection": {"type": "integer", "minimum": 1, "default": 16},
-        "rank": {"type": "integer", "minimum": 1, "default": 10},
-        "steps": {"type": "integer", "minimum": 1, "default": 4},
-        "transport_weight": {"type": "number", "minimum": 0, "default": 0.01},
-        "hjb_weight": {"type": "number", "minimum": 0, "default": 0.15},
+        "context_dim": {"type": "integer", "minimum": 1},
+        "width": {"type": "integer", "minimum": 1},
+        "layers": {"type": "integer", "minimum": 2},
+        "projection": {"type": "integer", "minimum": 1},
+        "rank": {"type": "integer", "minimum": 1},
+        "steps": {"type": "integer", "minimum": 1},
+        "transport_weight": {"type": "number", "minimum": 0},
+        "hjb_weight": {"type": "number", "minimum": 0},
     }
 
     def __init__(

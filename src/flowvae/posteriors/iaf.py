@@ -118,11 +118,11 @@ class IAFPosterior(PosteriorFamily):
     """
 
     SETTINGS: ClassVar[dict] = {
-        "context_dim": {"type": "integer", "minimum": 1, "default": 128},
-        "steps": {"type": "integer", "minimum": 1, "default": 4},
-        "hidden": {"type": "integer", "minimum": 1, "default": 128},
-        "depth": {"type": "integer", "minimum": 1, "default": 2},
-        "forget_bias": {"type": "number", "default": 1.5},
+        "context_dim": {"type": "integer", "minimum": 1},
+        "steps": {"type": "integer", "minimum": 1},
+        "hidden": {"type": "integer", "minimum": 1},
+        "depth": {"type": "integer", "minimum": 1},
+        "forget_bias": {"type": "number"},
     }
 
     def __init__(

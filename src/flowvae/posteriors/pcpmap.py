@@ -128,12 +128,12 @@ class PCPMapPosterior(PosteriorFamily):
     """
 
     SETTINGS: ClassVar[dict] = {
-        "context_dim": {"type": "integer", "minimum": 1, "default": 128},
-        "width": {"type": "integer", "minimum": 1, "default": 128},
-        "depth": {"type": "integer", "minimum": 1, "default": 2},
-        "context_width": {"type": "integer", "minimum": 1, "default": 128},
-        "newton_tol": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6},
-        "newton_iters": {"type": "integer", "minimum": 1, "default": 50},
+        "context_dim": {"type": "integer", "minimum": 1},
+        "width": {"type": "integer", "minimum": 1},
+        "depth": {"type": "integer", "minimum": 1},
+        "context_width": {"type": "integer", "minimum": 1},
+        "newton_tol": {"type": "number", "exclusiveMinimum": 0},
+        "newton_iters": {"type": "integer", "minimum": 1},
     }
 
     def __init__(
