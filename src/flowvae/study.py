@@ -1,5 +1,5 @@
-"""What the study runs, from its config: variants, seeds, runs, the reference variant, sweeps,
-the settings file of every job and the package files each stage depends on.
+"""What the study runs, from its config: variants, seeds, runs, the reference variant, sweeps
+and the settings file of every job (the package files each stage depends on: flowvae.codedeps).
 
 The Snakemake workflow (``workflow/rules/common.smk``) asks this module and decides nothing of
 its own, so every rule of the study is plain Python that the tests call directly.
@@ -33,7 +33,6 @@ from typing import Any
 from flowvae import config as config_mod
 from flowvae.errors import ConfigError
 
-PACKAGE = Path(__file__).resolve().parent
 DATED_BACK = 946_684_800  # 2000-01-01: a settings file that matches its finished job
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -75,36 +74,6 @@ STAGE_SECTIONS = {
     "evaluate": ("data", "model", "train", "evaluate"),
 }
 UNTRACKED = {"data": ("mirror",), "train": ("threads",), "evaluate": ("threads",)}
-#: Package modules each stage depends on: editing one reruns the stage and what follows.
-#: Training depends on every module except those listed here; an extra rerun is cheaper than
-#: a stale result, so a new module counts as a training dependency until it is listed.
-NOT_TRAINING = {
-    "__init__.py",
-    "__main__.py",
-    "cli.py",
-    "errors.py",
-    "evaluate.py",
-    "quadrature.py",
-    "report.py",
-    "figures.py",
-    "study.py",
-    "lock.py",
-    "selection.py",
-}
-CODE = {
-    "prepare": ("data.py", "mnist_files.py", "config.py", "io.py", "config.schema.yaml"),
-    "train": ("**/*.py", "config.schema.yaml"),
-    "evaluate": ("**/*.py", "config.schema.yaml"),
-    "report": ("report.py", "selection.py", "io.py"),
-    "figures": ("figures.py", "io.py"),
-}
-CODE_EXCLUDE = {
-    "prepare": set(),
-    "train": NOT_TRAINING,
-    "evaluate": NOT_TRAINING - {"evaluate.py", "quadrature.py"},
-    "report": set(),
-    "figures": set(),
-}
 
 
 def command_line_values(cfg: dict, schema: dict | None = None) -> dict:
@@ -350,16 +319,6 @@ class Study:
 
     def figure_file(self, name: str, ext: str) -> str:
         return os.path.join(self.figures, f"{name}.{ext}")
-
-    @staticmethod
-    def code(stage: str) -> list[str]:
-        """Package files of ``stage`` (CODE), relative to the working folder."""
-        found = {p for pattern in CODE[stage] for p in PACKAGE.glob(pattern)}
-        return sorted(
-            os.path.relpath(p)
-            for p in found
-            if p.relative_to(PACKAGE).as_posix() not in CODE_EXCLUDE[stage]
-        )
 
     # ------------------------------------------------------------------ settings
 
