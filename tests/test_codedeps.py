@@ -26,7 +26,8 @@ SMALL = {
     "b.py": "def later():\n    import pkg.d\n",  # an import inside a function
     "c.py": "from . import e\nthing = 1\nSCHEMA = 'schema.yaml'\n",  # names a data file
     "d.py": "",
-    "e.py": "",
+    "e.py": "class K:\n    def m(self):\n        try:\n            pass\n        except OSError:\n"
+    "            from pkg import f\n",  # deep in a block
     "f.py": "",
     "g.py": "from pkg.found import one\n",
     "unused.py": "import pkg.a\n",
@@ -57,7 +58,7 @@ def names(paths: set[Path], root: Path) -> set[str]:
 
 def test_closure_follows_every_form_of_import(pkg):
     assert names(codedeps.closure(["pkg.a"], pkg), pkg) == {
-        "__init__.py", "a.py", "b.py", "c.py", "d.py", "e.py", "schema.yaml"
+        "__init__.py", "a.py", "b.py", "c.py", "d.py", "e.py", "f.py", "schema.yaml"
     }  # fmt: skip
 
 
@@ -130,7 +131,7 @@ def test_every_entry_module_is_one_the_command_line_runs():
 
 
 def test_every_package_data_file_is_named_by_a_module():
-    data = codedeps.data_files(codedeps.PACKAGE_DIR)
+    data = codedeps.data_names(codedeps.PACKAGE_DIR)
     assert [p.name for p in data] == ["config.schema.yaml"]
     named = set().union(*(stage_files(stage) for stage in codedeps.ENTRY))
     assert {p.relative_to(codedeps.PACKAGE_DIR).as_posix() for p in data} <= named

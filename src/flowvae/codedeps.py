@@ -33,7 +33,7 @@ from __future__ import annotations
 import ast
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +60,8 @@ def closure(entries: Iterable[str], root: Path) -> set[Path]:
     todo = list(entries)
     if missing := [name for name in todo if module_file(name, root) is None]:
         raise ValueError(f"no module {', '.join(missing)} in {root}")  # a renamed module?
-    data = data_files(root)
+    data = data_names(root)
+    wanted = frozenset().union(*data.values())
     seen: set[str] = set()
     paths: set[Path] = set()
     while todo:
@@ -70,12 +71,12 @@ def closure(entries: Iterable[str], root: Path) -> set[Path]:
         if path is None:
             continue
         paths.add(path)
-        found = scan(path)
+        found = scan(path, wanted)
         names = imported(found, name, path.name == "__init__.py")
         todo += names
         if path.name == "__init__.py" and "pkgutil" in names:  # it discovers its modules
             todo += [f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p != path]
-        paths |= data_named(found, path, root, data)
+        paths |= {file for file, named in data.items() if named & found.strings}
     for name in seen:  # importing a module runs its parent packages first
         parts = name.split(".")
         for i in range(1, len(parts)):
@@ -101,28 +102,46 @@ def module_file(name: str, root: Path) -> Path | None:
 @dataclass(frozen=True)
 class Scan:
     """What one module's source says: its imports, as (level, module, names) of each import
-    statement (level 0 and module None for ``import a, b.c``), and its string constants."""
+    statement (level 0 and module None for ``import a, b.c``), and which of the strings asked
+    for it holds as string constants."""
 
     imports: tuple[tuple[int, str | None, tuple[str, ...]], ...]
     strings: frozenset[str]
 
 
-def scan(path: Path) -> Scan:
-    """The imports and strings of the module in ``path`` (read again once it is edited)."""
-    return _scan(path, path.stat().st_mtime_ns)
+def scan(path: Path, strings: frozenset[str] = frozenset()) -> Scan:
+    """The imports of the module in ``path`` and which of ``strings`` it holds (read again once
+    the file is edited)."""
+    return _scan(path, path.stat().st_mtime_ns, strings)
 
 
 @functools.cache
-def _scan(path: Path, stamp: int) -> Scan:
-    imports, strings = [], set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+def _scan(path: Path, stamp: int, strings: frozenset[str]) -> Scan:
+    source = path.read_text()
+    tree = ast.parse(source, str(path))
+    imports = []
+    for node in _statements(tree.body):
         if isinstance(node, ast.Import):
             imports.append((0, None, tuple(alias.name for alias in node.names)))
         elif isinstance(node, ast.ImportFrom):
             imports.append((node.level, node.module, tuple(a.name for a in node.names)))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            strings.add(node.value)
-    return Scan(tuple(imports), frozenset(strings))
+    found = set()
+    if any(s in source for s in strings):  # (walking every expression costs more than parsing)
+        found = {
+            node.value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in strings
+        }
+    return Scan(tuple(imports), frozenset(found))
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """Every statement of ``body`` and of the blocks in it (functions, classes, if, try, ...):
+    where an import may be."""
+    for node in body:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, block, []))
 
 
 def imported(found: Scan, name: str, is_package: bool) -> list[str]:
@@ -140,29 +159,14 @@ def imported(found: Scan, name: str, is_package: bool) -> list[str]:
     return out
 
 
-def data_files(root: Path) -> list[Path]:
-    """The package's files other than Python sources (and their caches)."""
-    return sorted(
-        p
-        for p in root.rglob("*")
+def data_names(root: Path) -> dict[Path, set[str]]:
+    """The package's files other than Python sources, each with the strings that name it: its
+    file name and its path from the package folder."""
+    return {
+        p: {p.name, p.relative_to(root).as_posix()}
+        for p in sorted(root.rglob("*"))
         if p.is_file()
         and p.suffix not in (".py", ".pyc")
         and "__pycache__" not in p.parts
         and not p.name.startswith(".")
-    )
-
-
-def data_named(found: Scan, path: Path, root: Path, data: list[Path]) -> set[Path]:
-    """The files of ``data`` (package data of the package in ``root``) that the module in
-    ``path`` (its ``scan``) names in a string constant: by file name, or by path from the
-    package folder or from the module's folder."""
-    return {
-        file
-        for file in data
-        if found.strings
-        & {
-            file.name,
-            file.relative_to(root).as_posix(),
-            Path(os.path.relpath(file, path.parent)).as_posix(),
-        }
     }
