@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,31 @@ def isolated_workdir(tmp: Path) -> Path:
         if not link.exists():
             link.symlink_to(REPO_ROOT / name)
     return wd
+
+
+def workflow_copy(tmp: Path) -> Path:
+    """A copy of the workflow and the package (Snakefile, environment.yml, workflow, config,
+    src) in TMP/copy, for a test that edits the package's files and runs Snakemake there."""
+    copy = tmp / "copy"
+    copy.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "environment.yml"):
+        shutil.copy2(REPO_ROOT / name, copy / name)
+    for name in ("workflow", "config", "src"):
+        shutil.copytree(REPO_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """The first 'Job stats' table of Snakemake's output as {rule: count}."""
+    lines = text.splitlines()
+    start = lines.index("Job stats:")
+    counts = {}
+    for line in lines[start + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
 
 
 def metric_table(path: Path) -> pd.DataFrame:

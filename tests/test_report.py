@@ -1,4 +1,4 @@
-"""report.aggregate and report.summarize on small hand-made metrics files."""
+"""aggregate.aggregate and report.summarize on small hand-made metrics files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from flowvae import report
-from flowvae.errors import FlowvaeError
+from flowvae import aggregate, report
+from flowvae.errors import FlowvaeError, StaleRunError
 
 VARIANTS = {"standard": "gaussian", "iaf": "iaf", "pcpmap": "pcpmap"}
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -59,13 +59,13 @@ def test_aggregate_sorts_rows_and_matches_benchmarks(tmp_path: Path) -> None:
             train.append(write_benchmark(b / "train" / v / f"seed{seed}.tsv", code, code + 0.5))
             ev.append(write_benchmark(b / "evaluate" / v / f"seed{seed}.tsv", code / 10, 1.0))
     out = tmp_path / "metrics.csv"
-    df = report.aggregate(evals, out, train_benchmarks=train, eval_benchmarks=ev)
+    df = aggregate.aggregate(evals, out, train_benchmarks=train, eval_benchmarks=ev)
 
     assert len(df) == 9
     assert list(zip(df["variant"], df["seed"], strict=True)) == [
         (v, s) for v in ["iaf", "pcpmap", "standard"] for s in [0, 1, 2]
     ]
-    assert set(report.METRIC_KEYS) <= set(df.columns)
+    assert set(aggregate.METRIC_KEYS) <= set(df.columns)
     assert df["quadrature_points"].tolist() == [300] * 9  # nested dicts are flattened
     for _, row in df.iterrows():
         code = {"standard": 100, "iaf": 200, "pcpmap": 300}[row["variant"]] + row["seed"]
@@ -79,7 +79,7 @@ def test_aggregate_sorts_rows_and_matches_benchmarks(tmp_path: Path) -> None:
 
 def test_aggregate_without_benchmarks_has_no_benchmark_columns(tmp_path: Path) -> None:
     evals = [write_metrics(tmp_path, metrics_record("standard", 0, 120.0))]
-    df = report.aggregate(evals, tmp_path / "m.csv")
+    df = aggregate.aggregate(evals, tmp_path / "m.csv")
     assert "train_benchmark_s" not in df.columns
     assert len(df) == 1
 
@@ -93,7 +93,7 @@ def test_aggregate_sweep_columns_first_and_benchmarks_by_position(tmp_path: Path
             bench = tmp_path / "results" / "sweep" / "lr" / str(value) / "benchmarks"
             train.append(write_benchmark(bench / "train" / "iaf" / f"seed{seed}.tsv", value, 5))
             ev.append(write_benchmark(bench / "evaluate" / "iaf" / f"seed{seed}.tsv", 1, 5))
-    df = report.aggregate(evals, tmp_path / "sweep.csv", train_benchmarks=train, eval_benchmarks=ev)
+    df = aggregate.aggregate(evals, tmp_path / "sweep.csv", train_benchmarks=train, eval_benchmarks=ev)
     assert list(df.columns[:2]) == ["sweep", "sweep_value"]
     assert df["sweep_value"].tolist() == [0.001, 0.001, 0.01, 0.01]
     assert df["seed"].tolist() == [0, 1, 0, 1]
@@ -106,7 +106,7 @@ def test_aggregate_missing_key_names_the_file(tmp_path: Path) -> None:
     del record["test_kl"]
     bad = write_metrics(tmp_path / "b", record)
     with pytest.raises(FlowvaeError, match="test_kl") as info:
-        report.aggregate([good, bad], tmp_path / "m.csv")
+        aggregate.aggregate([good, bad], tmp_path / "m.csv")
     assert str(bad) in str(info.value)
     assert not (tmp_path / "m.csv").exists()
 
@@ -114,7 +114,7 @@ def test_aggregate_missing_key_names_the_file(tmp_path: Path) -> None:
 def test_aggregate_missing_file_names_it(tmp_path: Path) -> None:
     missing = tmp_path / "eval" / "iaf" / "seed0" / "metrics.json"
     with pytest.raises(FlowvaeError, match=str(missing)):
-        report.aggregate([missing], tmp_path / "m.csv")
+        aggregate.aggregate([missing], tmp_path / "m.csv")
 
 
 # ----------------------------------------------------------------------------- summarize
@@ -229,7 +229,7 @@ def test_checks_table_lists_every_check_and_warns_on_a_failure(tmp_path: Path, c
             rec = metrics_record(variant, seed, 120.0 + seed, checks=checks, median_gap=1.5)
             paths.append(write_metrics(tmp_path / "r", rec))
     csv = tmp_path / "metrics.csv"
-    report.aggregate(paths, csv)
+    aggregate.aggregate(paths, csv)
     with caplog.at_level("WARNING"):
         text = report.summarize(csv, tmp_path / "summary.md")
     table = text.split("## Checks")[1].split("## Results")[0]
@@ -276,7 +276,7 @@ def test_equal_compute_runs_have_their_checks_in_the_summary_and_the_warning(
                 checks = {"elbo_error": check(0.08 if bad else 0.03, 0.05)}
                 rows.append(metrics_record(v, seed, 120.0 + seed, checks=checks, epochs=e))
         paths = [write_metrics(tmp_path / name, r) for r in rows]
-        report.aggregate(paths, tmp_path / f"{name}.csv")
+        aggregate.aggregate(paths, tmp_path / f"{name}.csv")
         return tmp_path / f"{name}.csv"
 
     final = table("final", {"standard": 10, "iaf": 10}, None)
@@ -291,3 +291,15 @@ def test_equal_compute_runs_have_their_checks_in_the_summary_and_the_warning(
     assert "elbo_error for standard seed 1" in caplog.text
     flagged = report.failed_checks(tmp_path / "s.md")
     assert any("elbo_error for standard seed 1" in line for line in flagged)
+
+
+def test_an_evaluation_of_another_key_is_refused(tmp_path):
+    ev = tmp_path / "eval" / "metrics.json"
+    ev.parent.mkdir()
+    ev.write_text(json.dumps({"key": "abc"}))
+    expected = tmp_path / "expected.json"
+    expected.write_text(json.dumps({"stage": "evaluate", "key": "abc"}))
+    aggregate.check_evaluations([ev], [expected])
+    expected.write_text(json.dumps({"stage": "evaluate", "key": "def"}))
+    with pytest.raises(StaleRunError, match="key abc, not def"):
+        aggregate.check_evaluations([ev], [expected])

@@ -88,14 +88,6 @@ def test_figure_inputs_follow_the_registry(tmp_path):
     assert jobs["test_loss"]["inputs"] == [s.study_file("table")]
 
 
-def test_code_dependencies_of_each_stage():
-    train_code = study.Study.code("train")
-    assert any(p.endswith("train.py") for p in train_code)
-    assert not any(p.endswith(("figures.py", "report.py", "evaluate.py")) for p in train_code)
-    assert any(p.endswith("evaluate.py") for p in study.Study.code("evaluate"))
-    assert any(p.endswith("fetch.py") for p in study.Study.code("prepare"))
-
-
 # ----------------------------------------------------------------------------- settings files
 
 

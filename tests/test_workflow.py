@@ -21,6 +21,7 @@ import pipeline
 import pytest
 import yaml
 from conftest import REPO_ROOT
+from pipeline import job_counts
 
 from flowvae import config as config_mod
 from flowvae.config import train_settings
@@ -70,19 +71,6 @@ def snakemake(
     [CONFIG...]."""
     extra = ["--configfile", *configfiles] if configfiles else []
     return run("snakemake", *args, *extra, *folders(tmp, *config), **kw)
-
-
-def job_counts(text: str) -> dict[str, int]:
-    """The first 'Job stats' table of Snakemake's output as {rule: count}."""
-    lines = text.splitlines()
-    start = lines.index("Job stats:")
-    counts = {}
-    for line in lines[start + 3 :]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def dry_run(*targets: str | Path, tmp: Path, configfiles=(), config=()) -> dict[str, int]:

@@ -289,14 +289,14 @@ def _aggregate_args(p: argparse.ArgumentParser) -> None:
 @command("aggregate", _aggregate_args, "collect every evaluation into one CSV")
 def cmd_aggregate(args: argparse.Namespace) -> None:
     """One row per variant x seed (plus sweep columns) in a CSV."""
-    from flowvae import report
+    from flowvae import aggregate
 
     if args.expect:
-        report.check_evaluations([Path(p) for p in args.evals], [Path(p) for p in args.expect])
+        aggregate.check_evaluations([Path(p) for p in args.evals], [Path(p) for p in args.expect])
     values = None
     if args.sweep_values is not None:
         values = [yaml.safe_load(v) for v in args.sweep_values]
-    report.aggregate(
+    aggregate.aggregate(
         [Path(p) for p in args.evals],
         Path(args.out),
         train_benchmarks=[Path(p) for p in args.train_benchmarks],

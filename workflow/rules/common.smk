@@ -9,6 +9,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
+from flowvae import codedeps as flowvae_codedeps
 from flowvae import fetch as flowvae_fetch
 from flowvae.errors import ConfigError
 
@@ -28,7 +29,8 @@ SWEEP = {
     kind: STUDY.run_file(kind, root=STUDY.sweep_root())
     for kind in flowvae_study.RUN_FILES
 }
-CODE = {stage: STUDY.code(stage) for stage in flowvae_study.CODE}
+# Package files of each stage, from the imports of the modules its commands run.
+CODE = {stage: flowvae_codedeps.files(stage) for stage in flowvae_codedeps.ENTRY}
 # Device and checkpoint interval per variant: read by every train and evaluate job, never a
 # reason to rerun one (`ancient`: its time is ignored; see flowvae.study.settings).
 RUNTIME = ancient(STUDY.study_file("runtime"))

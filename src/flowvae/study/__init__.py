@@ -38,43 +38,6 @@ __all__ = [
     "value_folder",
 ]
 
-PACKAGE = Path(__file__).resolve().parents[1]
-#: Package modules each stage depends on: editing one reruns the stage and what follows.
-#: Training depends on every module except those listed here; an extra rerun is cheaper than
-#: a stale result, so a new module counts as a training dependency until it is listed.
-NOT_TRAINING = {
-    "__init__.py",
-    "__main__.py",
-    "cli.py",
-    "errors.py",
-    "evaluate.py",
-    "quadrature.py",
-    "report.py",
-    "figures.py",
-    "study/__init__.py",
-    "study/layout.py",
-    "study/settings.py",
-    "study/sweeps.py",
-    "study/tuning.py",
-    "lock.py",
-    "selection.py",
-}
-CODE = {
-    "prepare": ("data.py", "fetch.py", "spec.py", "io.py", "errors.py"),
-    "train": ("**/*.py", "config.schema.yaml"),
-    "evaluate": ("**/*.py", "config.schema.yaml"),
-    "report": ("report.py", "selection.py", "io.py"),
-    "figures": ("figures.py", "io.py"),
-}
-CODE_EXCLUDE = {
-    "prepare": set(),
-    "train": NOT_TRAINING,
-    "evaluate": NOT_TRAINING - {"evaluate.py", "quadrature.py"},
-    "report": set(),
-    "figures": set(),
-}
-
-
 @dataclass(frozen=True)
 class Group:
     """Runs that share a results root and a config: (variants x seeds) under ``root``."""
@@ -192,16 +155,6 @@ class Study(Layout):
             for v in (self.variants if variants is None else variants)
             for s in (self.seeds if seeds is None else seeds)
         ]
-
-    @staticmethod
-    def code(stage: str) -> list[str]:
-        """Package files of ``stage`` (CODE), relative to the working folder."""
-        found = {p for pattern in CODE[stage] for p in PACKAGE.glob(pattern)}
-        return sorted(
-            os.path.relpath(p)
-            for p in found
-            if p.relative_to(PACKAGE).as_posix() not in CODE_EXCLUDE[stage]
-        )
 
     def sweep_config(self, sweep: Sweep, value) -> dict:
         return sweep_config(self.cfg, sweep, value)
