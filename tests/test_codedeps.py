@@ -104,12 +104,15 @@ def test_prepare_depends_on_the_download_module_it_imports():
     assert not stage_files("prepare") & (TORCH_MODULES | FAMILIES)
 
 
-def test_training_and_evaluation_depend_on_every_family_and_the_schema():
+def test_training_and_evaluation_depend_on_every_family_and_the_spec():
+    """A job's settings arrive resolved (its spec file): neither needs the config module."""
     train, evaluate = stage_files("train"), stage_files("evaluate")
-    assert {"train.py", "vae.py", "config.py", "config.schema.yaml"} | FAMILIES <= train
+    assert {"train.py", "vae.py", "spec.py", "modelfile.py"} | FAMILIES <= train
+    assert not (train | evaluate) & {"config.py", "config.schema.yaml"}
     assert "posteriors/iaf.py" in FAMILIES and "posteriors/base.py" in FAMILIES
     assert not train & {"evaluate.py", "quadrature.py", "figures.py", "report.py"}
-    assert train | {"evaluate.py", "quadrature.py"} <= evaluate
+    assert (train - {"train.py", "lock.py"}) | {"evaluate.py", "quadrature.py"} <= evaluate
+    assert "train.py" not in evaluate, "the model file and the device live in modelfile.py"
 
 
 def test_figures_depend_on_no_model_code():

@@ -169,13 +169,8 @@ def prepare(raw_dir: Path, out_path: Path, spec: DataSpec) -> dict:
     torch_save(out, out_path)
     log.info(
         "prepared %s: digits %s, %d train (%s), %d val, %d test",
-        out_path,
-        digits,
-        len(train_index),
-        mode,
-        len(val_index),
-        len(test_index),
-    )
+        out_path, digits, len(train_index), mode, len(val_index), len(test_index),
+    )  # fmt: skip
     return out
 
 
