@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flowvae import config as config_mod
 from flowvae.errors import FlowvaeError
 from flowvae.objectives import elbo_terms
+from flowvae.spec import TrainSpec
 from flowvae.train import TrainState, start, train_epoch
 from flowvae.vae import DATA_DIM
 
@@ -71,7 +72,7 @@ def parse_args() -> argparse.Namespace:
         action="append",
         default=[],
         metavar="YAML",
-        help="config file, may be repeated (default: config/config.yaml)",
+        help="config file, may be repeated (default: config/config.yaml, config/selected.yaml)",
     )
     p.add_argument(
         "--set",
@@ -105,7 +106,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def timed_epoch(state: TrainState, x: torch.Tensor, tcfg: dict) -> float:
+def timed_epoch(state: TrainState, x: torch.Tensor, tcfg: TrainSpec) -> float:
     """One epoch of the trainer's own ``train_epoch`` over ``x``; returns its wall time (s)."""
     t0 = time.perf_counter()
     train_epoch(state, x, tcfg, beta=1.0, label="benchmark")
@@ -163,15 +164,16 @@ def cpu_name() -> str:
 
 def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> dict:
     """Epoch times (median of ``repeats`` after a warm-up) and matmul FLOPs of one variant."""
-    tcfg = {**config_mod.train_settings(cfg, variant), "batch_size": bs}
-    state = start(cfg, variant, seed=0, device=torch.device("cpu"))
+    spec = config_mod.resolve(cfg, variant, 0).replace_train(batch_size=bs)
+    tcfg = spec.train
+    state = start(spec, device=torch.device("cpu"))
     model = state.model
-    flops = step_flops(model, x[:bs], tcfg["samples"]) * x.shape[0] / bs
+    flops = step_flops(model, x[:bs], tcfg.samples) * x.shape[0] / bs
     timed_epoch(state, x[: 20 * bs], tcfg)  # warm-up
     times = [timed_epoch(state, x, tcfg) for _ in range(repeats)]
     return {
         "variant": variant,
-        "family": config_mod.variant_settings(cfg, variant)["family"],
+        "family": spec.posterior.family,
         "params": sum(p.numel() for p in model.parameters()),
         "images_per_s": x.shape[0] / statistics.median(times),
         "epoch_s": statistics.median(times),
@@ -184,7 +186,9 @@ def main() -> None:
     args = parse_args()
     try:
         cfg = config_mod.load(
-            args.config or [REPO / "config" / "config.yaml"], None, args.overrides
+            args.config or [REPO / "config" / "config.yaml", REPO / "config" / "selected.yaml"],
+            None,
+            args.overrides,
         )
     except FlowvaeError as exc:
         raise SystemExit(f"error: {exc}") from exc
@@ -194,7 +198,7 @@ def main() -> None:
         raise SystemExit(
             f"error: unknown variant(s) {unknown}; the config has {list(cfg['variants'])}"
         )
-    family = {v: config_mod.variant_settings(cfg, v)["family"] for v in cfg["variants"]}
+    family = {v: cfg["variants"][v]["family"] for v in cfg["variants"]}
     gaussians = [v for v in (*variants, *cfg["variants"]) if family[v] == "gaussian"]
     if not gaussians:
         raise SystemExit("the config has no Gaussian variant to compare the others with")

@@ -38,11 +38,13 @@ def protocol(tmp_path_factory):
     configs = protocol_configs(tmp)
     proc = snakemake("--cores", "2", "tuning", tmp=tmp, configfiles=configs, timeout=1200)
     assert proc.returncode == 0, failure(proc, tmp)
-    config = tmp / "config.yaml"
-    config.write_text((REPO_ROOT / "config" / "config.yaml").read_text())
+    config = tmp / "adopted.yaml"
+    hand_written = (REPO_ROOT / "config" / "config.yaml").read_text()
+    bases = [x for c in ["config/config.yaml", *configs] for x in ("--config", c)]
     adopted = flowvae("adopt", "--selection", tmp / "results" / "selection.csv",
-                      "--config-file", config)  # fmt: skip
+                      "--out", config, *bases)  # fmt: skip
     assert adopted.returncode == 0, adopted.stderr
+    assert (REPO_ROOT / "config" / "config.yaml").read_text() == hand_written
     # the selection goes last: quick.yaml sets every variant's own epochs, which would
     # otherwise win over it (only the selected keys: the candidates' settings stay as tuned)
     table = pd.read_csv(tmp / "results" / "selection.csv")

@@ -162,7 +162,7 @@ def test_killed_training_resumes_to_the_same_bits(uninterrupted, tmp_path, crash
     left = sorted(p.name for p in paths["run"].iterdir())
     assert "checkpoint.pt" in left
     assert all(n in ("checkpoint.pt", ".lock") or re.fullmatch(r"\..+\.tmp", n) for n in left), left
-    epoch = torch.load(paths["checkpoint"], weights_only=False)["epoch"]
+    epoch = torch.load(paths["checkpoint"], weights_only=True)["epoch"]
     assert 1 <= epoch < EPOCHS
 
     if crash:
@@ -197,8 +197,8 @@ def test_killed_training_resumes_to_the_same_bits(uninterrupted, tmp_path, crash
         pd.read_csv(paths["history"], dtype=str).drop(columns=timing),
         pd.read_csv(done["history"], dtype=str).drop(columns=timing),
     )
-    resumed = torch.load(paths["model"], weights_only=False)["state_dict"]
-    straight = torch.load(done["model"], weights_only=False)["state_dict"]
+    resumed = torch.load(paths["model"], weights_only=True)["state_dict"]
+    straight = torch.load(done["model"], weights_only=True)["state_dict"]
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 

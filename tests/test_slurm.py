@@ -170,11 +170,14 @@ def test_slurm_metrics_equal_a_local_run(slurm_run, quick_metrics):
 
 
 def _settings_of_every_run(tmp: Path) -> dict[tuple[str, int], float]:
-    """train.lr recorded by every finished quick run (its settings.json)."""
+    """train.lr of every finished quick run: its model's key must be its settings file's."""
     found = {}
-    for record in (tmp / "results" / "runs").glob("*/seed*/settings.json"):
-        variant, seed = record.parent.parent.name, int(record.parent.name[4:])
-        found[(variant, seed)] = json.loads(record.read_text())["train"]["lr"]
+    for summary in (tmp / "results" / "runs").glob("*/seed*/train.json"):
+        variant, seed = summary.parent.parent.name, int(summary.parent.name[4:])
+        settings = tmp / "results" / "settings" / "train" / variant / f"seed{seed}.json"
+        tree = json.loads(settings.read_text())
+        assert json.loads(summary.read_text())["key"] == tree["key"], (variant, seed)
+        found[(variant, seed)] = tree["spec"]["train"]["lr"]
     return found
 
 
