@@ -8,6 +8,7 @@ this file (with the family tests) fails on each of them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from flowvae import posteriors, quadrature
+from flowvae import config, posteriors, quadrature
 from flowvae.objectives import elbo_terms, iwae_nll
 from flowvae.posteriors.base import gaussian_log_prob
 from flowvae.train import kl_weight, learning_rate
@@ -224,20 +225,23 @@ def test_elbo_terms_formula_and_warmup_weight():
 
 
 def test_lr_schedule_and_kl_warmup():
-    cfg = {"schedule": "cosine", "lr": 1e-3, "lr_min": 1e-5, "epochs": 10, "kl_warmup_epochs": 4}
+    default = config.resolve(config.validate({}), "standard", 0).train
+    cfg = dataclasses.replace(
+        default, schedule="cosine", lr=1e-3, lr_min=1e-5, epochs=10, kl_warmup_epochs=4
+    )
     lrs = [learning_rate(cfg, e) for e in range(11)]
     assert math.isclose(lrs[0], 1e-3) and math.isclose(lrs[10], 1e-5)
     assert math.isclose(lrs[5], (1e-3 + 1e-5) / 2)
     assert math.isclose(lrs[2], 1e-5 + (1e-3 - 1e-5) * (1 + math.cos(0.2 * math.pi)) / 2)
     assert all(a > b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
-    assert learning_rate({**cfg, "schedule": "constant"}, 7) == 1e-3
+    assert learning_rate(dataclasses.replace(cfg, schedule="constant"), 7) == 1e-3
     betas = [kl_weight(cfg, e) for e in range(12)]
     assert all(0 <= b <= 1 for b in betas)
     assert betas[0] < 0.5 and all(b == 1.0 for b in betas[4:])
     ramp = betas[: betas.index(1.0) + 1]
     steps = {round(b - a, 12) for a, b in zip(ramp[:-1], ramp[1:], strict=True)}
     assert steps == {0.25}, "beta does not rise linearly by 1/W over the warm-up"
-    assert kl_weight({**cfg, "kl_warmup_epochs": 0}, 0) == 1.0
+    assert kl_weight(dataclasses.replace(cfg, kl_warmup_epochs=0), 0) == 1.0
 
 
 # ----------------------------------------------------------------------------- exact models

@@ -38,9 +38,9 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatc
     real = train.validation_loss
     calls = {"n": 0}
 
-    def crash_in_epoch_3(*args, **kwargs):
+    def crash_in_epoch_3(*args, **kwargs):  # two calls an epoch: validation, test curve
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 5:
             raise KeyboardInterrupt("simulated kill during epoch 3")
         return real(*args, **kwargs)
 
@@ -54,8 +54,8 @@ def test_resume_equals_uninterrupted_run(prepared, tmp_path, variant, monkeypatc
 
     wa, wb = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    ha = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
-    hb = pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns="seconds")
+    ha = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns=["seconds", "test_seconds"])
+    hb = pd.read_csv(tmp_path / "resumed" / "history.csv").drop(columns=["seconds", "test_seconds"])
     pd.testing.assert_frame_equal(ha, hb)
 
 
@@ -106,3 +106,20 @@ def test_unwritable_output_folder_is_named(prepared, tmp_path):
     blocker.write_text("a file where the output folder should go")  # fails even for root
     with pytest.raises(FlowvaeError, match="not writable"):
         train.train(small_spec("standard"), prepared, blocker / "run", progress=False)
+
+
+def test_history_records_the_fixed_sample_test_curve(prepared, tmp_path):
+    """test_loss at the last epoch is the fixed-noise one-sample -ELBO of the final model."""
+    from flowvae import data, modelfile
+
+    spec = small_spec("iaf", epochs=3)
+    train.train(spec, prepared, tmp_path / "run", progress=False)
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3] and history["test_loss"].notna().all()
+    assert history["test_loss"].nunique() == 3, "the model changes from epoch to epoch"
+    model = modelfile.load_model(tmp_path / "run" / "model.pt").model
+    x = data.load_prepared(prepared)["test"]
+    again = train.validation_loss(model, x, seed=spec.seed + train.TEST_NOISE)["neg_elbo"]
+    assert history["test_loss"].iloc[-1] == pytest.approx(again, rel=1e-6)
+    other = train.validation_loss(model, x, seed=spec.seed + train.TEST_NOISE + 1)["neg_elbo"]
+    assert other != pytest.approx(again, rel=1e-9), "the noise is fixed, and it matters"

@@ -30,6 +30,10 @@ from flowvae.vae import VAE, build_model
 
 log = logging.getLogger(__name__)
 
+#: The test curve's noise seed is the run's seed plus this: one sample per test image, the same
+#: noise at every epoch, so the curve's epoch-to-epoch changes are the model's, not the noise's.
+TEST_NOISE = 20_000
+
 
 def learning_rate(t: TrainSpec, epoch: int) -> float:
     """Cosine decay lr_min + (lr - lr_min)(1 + cos(pi e / E)) / 2 over epochs, or constant."""
@@ -259,6 +263,7 @@ def _train_locked(
     dynamic = data["binarize"] == "dynamic"
     x_train = None if dynamic else data["train"].to(device)  # dynamic: re-binarized each epoch
     x_val = data["val"].to(device)
+    x_test = data["test"].to(device)  # the per-epoch test curve: recorded, never used to choose
     n = data["train"].shape[0]
 
     state = start(spec, device)
@@ -286,6 +291,9 @@ def _train_locked(
         train_loss = train_epoch(state, x_epoch, t, beta, label)
         seconds = time.perf_counter() - t0
         val = validation_loss(state.model, x_val, seed=spec.seed)
+        t1 = time.perf_counter()
+        test = validation_loss(state.model, x_test, seed=spec.seed + TEST_NOISE)
+        test_seconds = time.perf_counter() - t1
         state.history.append(
             {
                 "variant": spec.variant,
@@ -295,6 +303,8 @@ def _train_locked(
                 "val_loss": val["neg_elbo"],
                 "val_rec": val["rec"],
                 "val_kl": val["reg"],
+                "test_loss": test["neg_elbo"],
+                "test_seconds": test_seconds,
                 "lr": lr,
                 "beta": beta,
                 "seconds": seconds,
