@@ -202,8 +202,15 @@ def cmd_adopt(args: argparse.Namespace) -> None:
 def cmd_figure(args: argparse.Namespace) -> None:
     from flowvae import figures
 
-    cfg = _cfg(args)
-    figures.render(args.name, [Path(p) for p in args.inputs], [Path(p) for p in args.out], cfg)
+    figures.render(args.name, Path(args.data), [Path(p) for p in args.out], args.variant)
+
+
+def cmd_figure_data(args: argparse.Namespace) -> None:
+    from flowvae import figures
+
+    inputs = {name: [Path(p) for p in paths] for name, *paths in args.input}
+    options = dict(option.split("=", 1) for option in args.option)
+    figures.write_data(args.name, inputs, Path(args.out), options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -383,14 +390,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_adopt)
 
     p = sub.add_parser(
+        "figure-data",
+        help="collect the data of one or more figures from the runs' files",
+        description="Collect the figure data NAME (flowvae.figures.DATA) from its input files.",
+    )
+    p.add_argument("name", help="figure data name, e.g. posteriors, test_loss, loss_curves")
+    p.add_argument(
+        "--input", nargs="+", action="append", required=True, metavar=("NAME", "FILE"),
+        help="an input by name and its files, e.g. --input metrics eval/*/seed*/metrics.json",
+    )  # fmt: skip
+    p.add_argument("--option", action="append", default=[], help="KEY=VALUE, e.g. key=train.lr")
+    p.add_argument("--out", required=True, help="the figure data file (.csv, .csv.gz, .npz)")
+    p.set_defaults(func=cmd_figure_data)
+
+    p = sub.add_parser(
         "figure",
-        help="render one figure (PNG and/or PDF)",
-        description="Render the figure NAME from its input files.",
+        help="render one figure (PNG and/or PDF) from its figure data",
+        description="Render the figure NAME from its figure data file alone.",
     )
     p.add_argument("name", help="figure name, e.g. posterior_panel, test_loss, loss_curves")
-    p.add_argument("--inputs", nargs="+", required=True, help="input files of the figure")
+    p.add_argument("--data", required=True, help="its figure data file (results/figdata/...)")
+    p.add_argument("--variant", help="the variant of a per-variant figure (posterior)")
     p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
-    _add_config_args(p)
     p.set_defaults(func=cmd_figure)
     return parser
 
