@@ -58,8 +58,8 @@ def read_data(name: str, path: Path):
 
     data = DATA[_known(name, REGISTRY, "figure").data]
     if data.ext == "npz":
-        return store.read_arrays(path, name, ("variant", "seed"))
-    return store.read_table(path, name, ("variant",))
+        return store.read_arrays(path, name, data.fields)
+    return store.read_table(path, name, data.fields)
 
 
 def render(name: str, data_path: Path, outputs: list[Path], variant: str | None = None) -> None:
@@ -68,7 +68,7 @@ def render(name: str, data_path: Path, outputs: list[Path], variant: str | None 
     import numpy as np
 
     from flowvae import io
-    from flowvae.figures import store, style
+    from flowvae.figures import style
 
     fig_decl = _known(name, REGISTRY, "figure")
     if not outputs:
@@ -80,13 +80,10 @@ def render(name: str, data_path: Path, outputs: list[Path], variant: str | None 
     try:
         with style.plt.rc_context(style.theme()):
             np.random.seed(0)  # seaborn's strip-plot jitter: the same figure every time
-            try:
-                args = (variant,) if fig_decl.per_variant else ()
-                fig = fig_decl.draw(content, *args)
-            except KeyError as exc:
-                raise store.damaged(Path(data_path), name, f"no column or array {exc}") from None
+            fig = fig_decl.draw(content, *((variant,) if fig_decl.per_variant else ()))
             supported = fig.canvas.get_supported_filetypes()
-            for out in outputs:
+            # PDF first: drawn after a PNG of a contour figure, its bytes vary between runs
+            for out in sorted(outputs, key=lambda p: Path(p).suffix.lower() != ".pdf"):
                 if Path(out).suffix.lstrip(".").lower() not in supported:
                     raise FlowvaeError(f"output {out} of figure {name}: unsupported file type")
                 io.save_figure(fig, out, dpi=style.DPI)

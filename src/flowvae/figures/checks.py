@@ -14,7 +14,7 @@ from flowvae.figures.losses import read_runs
 from flowvae.figures.registry import Input, figure, figure_data
 
 
-@figure_data("gap_distribution", "csv.gz", per_image=Input("per_image"))
+@figure_data("gap_distribution", "csv.gz", ("variant", "seed", "gap"), per_image=Input("per_image"))
 def gap_distribution_data(inputs: dict[str, list[Path]], options: dict):
     """The posterior gap of every run and test image (images without one are left out)."""
     df = read_runs(inputs["per_image"], ("variant", "seed", "index", "gap")).dropna(subset=["gap"])
@@ -74,10 +74,13 @@ def gap_distribution(df):
     return fig
 
 
-@figure_data("quadrature_check", "csv", check=Input("check"))
+CHECK = ("variant", "seed", "image", "k", "excess", "stderr")
+
+
+@figure_data("quadrature_check", "csv", CHECK, check=Input("check"))
 def quadrature_check_data(inputs: dict[str, list[Path]], options: dict):
     """Per run, checked image and K: the IWAE bound's excess over log p(x) and its error."""
-    df = read_runs(inputs["check"], ("variant", "seed", "image", "k", "excess", "stderr"))
+    df = read_runs(inputs["check"], CHECK)
     if df.empty:
         raise FlowvaeError("no quadrature check rows: it needs latent_dim 2 and check_images > 0")
     return df

@@ -31,10 +31,17 @@ def read_runs(paths: list[Path], columns: tuple[str, ...]):
     return pd.concat(frames, ignore_index=True)
 
 
-@figure_data("test_loss", "csv", metrics=Input("metrics"))
+TEST_LOSS = ("variant", "seed", "test_neg_elbo")
+CURVES = ("variant", "seed", "epoch", "train_loss", "val_loss")
+COST = ("kind", "variant", "seed", "epoch", "seconds", "loss")
+SWEEP = ("sweep", "key", "sweep_value", "variant", "seed", "test_neg_elbo")
+TUNING = ("variant", "candidate", "mean_val_loss", "sd_val_loss", "selected")
+
+
+@figure_data("test_loss", "csv", TEST_LOSS, metrics=Input("metrics"))
 def test_loss_data(inputs: dict[str, list[Path]], options: dict):
     """The test loss of every run."""
-    return read_runs(inputs["metrics"], ("variant", "seed", "test_neg_elbo"))
+    return read_runs(inputs["metrics"], TEST_LOSS)
 
 
 @figure(
@@ -72,10 +79,10 @@ def test_loss(df):
     return fig
 
 
-@figure_data("loss_curves", "csv", history=Input("history"))
+@figure_data("loss_curves", "csv", CURVES, history=Input("history"))
 def loss_curves_data(inputs: dict[str, list[Path]], options: dict):
     """The training and validation loss of every run and epoch."""
-    return read_runs(inputs["history"], ("variant", "seed", "epoch", "train_loss", "val_loss"))
+    return read_runs(inputs["history"], CURVES)
 
 
 @figure(
@@ -113,7 +120,7 @@ def loss_curves(df):
     return fig
 
 
-@figure_data("cost_tradeoff", "csv", metrics=Input("metrics"), history=Input("history"))
+@figure_data("cost_tradeoff", "csv", COST, metrics=Input("metrics"), history=Input("history"))
 def cost_tradeoff_data(inputs: dict[str, list[Path]], options: dict):
     """Per run and epoch the validation loss at the training seconds spent so far (``kind``
     val_loss), and per run the test loss at its total training seconds (test_neg_elbo)."""
@@ -125,8 +132,7 @@ def cost_tradeoff_data(inputs: dict[str, list[Path]], options: dict):
     curves = hist.rename(columns={"val_loss": "loss"}).assign(kind="val_loss")
     totals = runs.rename(columns={"test_neg_elbo": "loss", "train_seconds": "seconds"})
     totals = totals.assign(kind="test_neg_elbo", epoch=pd.NA)
-    columns = ["kind", "variant", "seed", "epoch", "seconds", "loss"]
-    return pd.concat([curves[columns], totals[columns]], ignore_index=True)
+    return pd.concat([curves[list(COST)], totals[list(COST)]], ignore_index=True)
 
 
 @figure(
@@ -183,7 +189,7 @@ def cost_tradeoff(df):
     return fig
 
 
-@figure_data("sweep", "csv", metrics=Input("sweep_table"))
+@figure_data("sweep", "csv", SWEEP, metrics=Input("sweep_table"))
 def sweep_data(inputs: dict[str, list[Path]], options: dict):
     """The test loss of every run of one sweep at its value, and the swept key (option key)."""
     df = read_runs(inputs["metrics"], ("sweep", "sweep_value", "variant", "seed", "test_neg_elbo"))
@@ -263,6 +269,7 @@ def tuning_table(selection):
 @figure_data(
     "tuning",
     "csv",
+    TUNING,
     plan=Input("tuning_plan", ancient=True),
     summaries=Input("train_summary", runs="tuning"),
 )

@@ -29,12 +29,17 @@ def _pictures(paths: list[Path], keys: dict[str, int]) -> dict:
     return out
 
 
-@figure_data("reconstructions", "npz", grid=Input("grid", seeds="figure"))
+@figure_data(
+    "reconstructions",
+    "npz",
+    ("variant", "seed", "recon_inputs", "recon"),
+    grid=Input("grid", seeds="figure"),
+)
 def reconstructions_data(inputs: dict[str, list[Path]], options: dict) -> dict:
     return _pictures(inputs["grid"], {"recon_inputs": RECONSTRUCTIONS, "recon": RECONSTRUCTIONS})
 
 
-@figure_data("samples", "npz", grid=Input("grid", seeds="figure"))
+@figure_data("samples", "npz", ("variant", "seed", "samples"), grid=Input("grid", seeds="figure"))
 def samples_data(inputs: dict[str, list[Path]], options: dict) -> dict:
     return _pictures(inputs["grid"], {"samples": SAMPLES})
 

@@ -69,7 +69,10 @@ def stack_grids(paths: list[Path]) -> dict:
     }
 
 
-@figure_data("posteriors", "npz", grid=Input("grid", seeds="figure"))
+PANEL_FIELDS = ("variant", "seed", *CONTOUR_KEYS, "images", "image_index", "labels")
+
+
+@figure_data("posteriors", "npz", PANEL_FIELDS, grid=Input("grid", seeds="figure"))
 def posteriors_data(inputs: dict[str, list[Path]], options: dict) -> dict:
     """The contour panels of every variant (figure seed) for the images ``evaluate.images``."""
     return stack_grids(inputs["grid"])
@@ -208,6 +211,7 @@ def posterior_panel(data: dict):
 @figure_data(
     "gap_contours",
     "npz",
+    (*PANEL_FIELDS, "gap", "reference", "top_index", "top_gap"),
     gap_grid=Input("gap_grid", seeds="figure"),
     per_image=Input("per_image", seeds="figure"),
     reference=Input("per_image", seeds="figure", variants="reference"),

@@ -48,6 +48,7 @@ class FigureData:
 
     name: str
     ext: str
+    fields: tuple[str, ...]  # the columns (csv) or arrays (npz) the file must hold
     inputs: dict[str, Input]
     collect: Callable[..., Any]
 
@@ -78,13 +79,14 @@ DATA: dict[str, FigureData] = {}
 CAPTION_FIELDS = ("seed", "seeds", "grid_extent", "tuning_seeds", "select", "variant")
 
 
-def figure_data(name: str, ext: str, **inputs: Input):
-    """Declare the decorated function as the collector of the figure data ``name``."""
+def figure_data(name: str, ext: str, fields: tuple[str, ...], **inputs: Input):
+    """Declare the decorated function as the collector of the figure data ``name``: a file
+    ``<name>.<ext>`` holding at least ``fields``, collected from ``inputs``."""
 
     def register(collect):
         if name in DATA:
             raise ValueError(f"figure data {name!r} declared twice")
-        DATA[name] = FigureData(name, ext, inputs, collect)
+        DATA[name] = FigureData(name, ext, fields, inputs, collect)
         return collect
 
     return register

@@ -1,10 +1,11 @@
 """Figure data files: written byte for byte the same for the same data, read with checks.
 
 A table is a CSV (``.csv``, or gzip-compressed ``.csv.gz`` for per-image tables) with every
-float written exactly (its shortest round-trip form); arrays are an ``.npz`` archive. Neither holds a time: the gzip header
-carries mtime 0 and the archive's entries a fixed date, so rewriting unchanged data gives the
-same file, and a figure drawn from it the same figure. A file whose bytes would not change is
-not rewritten at all. A missing, unreadable or incomplete file is named in the error.
+float written exactly (its shortest round-trip form); arrays are an ``.npz`` archive. Neither
+holds a time: the gzip header carries mtime 0 and the archive's entries a fixed date, so
+rewriting unchanged data gives the same file, and a figure drawn from it the same figure. A
+file whose bytes would not change is not rewritten at all. A missing, unreadable or
+incomplete file is named in the error.
 """
 
 from __future__ import annotations
