@@ -123,7 +123,7 @@ def test_figure_jobs_follow_the_registry(tmp_path):
     assert jobs["tuning"].data.ancient == ["plan"]  # rewritten at each parse: its time says nothing
     assert jobs["tuning"].data.inputs["summaries"] == s.tuning_runs("train_summary")
     assert jobs["gap_distribution"].data.path.endswith(".csv.gz")
-    assert "**iaf**" in jobs["posterior_iaf"].caption and "seed 0" in jobs["posterior_iaf"].caption
+    assert "**iaf**" in jobs["posterior_iaf"].caption and "Seed 0." in jobs["posterior_iaf"].caption
     assert "`posteriors.npz`_" in jobs["posterior_panel"].caption
 
 
