@@ -1,7 +1,12 @@
-"""Every figure renders from small synthetic inputs (Gaussian posteriors on a grid)."""
+"""Every figure data file is collected from small synthetic run files (Gaussian posteriors on a
+grid), and every figure is drawn from its figure data alone."""
 
 from __future__ import annotations
 
+import json
+import string
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,12 +19,12 @@ import pytest
 from flowvae import figures, selection
 from flowvae import study as study_mod
 from flowvae.errors import FlowvaeError
+from flowvae.figures import registry, store
 
 VARIANTS = ("standard", "iaf", "pcpmap")
 SEEDS = (0, 1)
 GRID_IMAGES = np.array([3, 7, 11])  # positions in the test set drawn on the grid
 N_TEST = 40
-CFG = {"variants": {v: {} for v in VARIANTS}, "sweeps": {"lr": {"key": "train.lr"}}}
 
 
 def _digit(label: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,7 +72,8 @@ def write_grid(path: Path, variant: str, seed: int, labels: np.ndarray) -> Path:
 
 
 def build_study(root: Path) -> dict[str, list[Path]]:
-    """Write grid.npz, history.csv, per_image.csv for every run, a metrics.csv and a sweep CSV."""
+    """Write grid.npz, history.csv, per_image.csv, quadrature_check.csv and metrics.json for
+    every run, a selection table and a sweep's metrics table."""
     rng = np.random.default_rng(0)
     labels = rng.integers(1, 5, N_TEST)
     files: dict[str, list[Path]] = {"grid": [], "history": [], "per_image": []}
@@ -110,6 +116,8 @@ def build_study(root: Path) -> dict[str, list[Path]]:
                 "seconds_per_epoch": 4.0 + k + 0.2 * seed, "exact_nll": 119 - k,
                 "train_seconds": 20 * (4.0 + k + 0.2 * seed),
             })  # fmt: skip
+            (run / "metrics.json").write_text(json.dumps(metrics[-1]))
+            files.setdefault("metrics", []).append(run / "metrics.json")
             for value in (1e-4, 3e-4, 1e-3):
                 sweep_rows.append({
                     "sweep": "lr", "sweep_value": value, "variant": variant, "seed": seed,
@@ -135,33 +143,35 @@ def build_study(root: Path) -> dict[str, list[Path]]:
     files["selection"] = [root / "selection.csv"]
     pd.DataFrame(metrics).to_csv(root / "metrics.csv", index=False)
     pd.DataFrame(sweep_rows).to_csv(root / "sweep_lr.csv", index=False)
-    files["metrics"] = [root / "metrics.csv"]
+    files["table"] = [root / "metrics.csv"]
     files["sweep"] = [root / "sweep_lr.csv"]
     return files
 
 
-# The synthetic files standing in for each kind of input file the registry names.
-SYNTHETIC = {
-    "grid": "grid",
-    "gap_grid": "grid",
-    "per_image": "per_image",
-    "table": "metrics",
-    "history": "history",
-    "check": "check",
-    "selection": "selection",
-}
+def seed0(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if p.parent.name == "seed0"]
 
 
-def inputs_for(name: str, files: dict[str, list[Path]]) -> list[Path]:
-    """The input files of figure ``name``, by the registry (a per-variant figure: one grid)."""
-    fig = figures.REGISTRY[name]
-    if not fig.inputs:  # the sweep figure reads a sweep's metrics table
-        return files["sweep"]
-    out: list[Path] = []
-    for kind, _ in fig.inputs:
-        got = files[SYNTHETIC[kind]]
-        out += got[2:3] if fig.per_variant else got
-    return out
+def inputs_for(data: str, files: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The named inputs of figure data ``data``, as the workflow plans them (figure seed 0)."""
+    grids = {"grid": seed0(files["grid"])}
+    return {
+        "test_loss": {"metrics": files["metrics"]},
+        "loss_curves": {"history": files["history"]},
+        "cost_tradeoff": {"metrics": files["metrics"], "history": files["history"]},
+        "sweep": {"metrics": files["sweep"]},
+        "tuning": {"selection": files["selection"]},
+        "gap_distribution": {"per_image": files["per_image"]},
+        "quadrature_check": {"check": files["check"]},
+        "posteriors": grids,
+        "reconstructions": grids,
+        "samples": grids,
+        "gap_contours": {
+            "gap_grid": seed0(files["grid"]),
+            "per_image": seed0(files["per_image"]),
+            "reference": seed0(files["per_image"])[:1],
+        },
+    }[data]
 
 
 @pytest.fixture(scope="module")
@@ -170,18 +180,40 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
     return build_study(tmp_path_factory.mktemp("study"))
 
 
-def test_every_registry_input_is_a_study_file() -> None:
-    kinds = set(study_mod.RUN_FILES) | set(study_mod.STUDY_FILES)
+@pytest.fixture(scope="module")
+def figdata(study, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every figure data file, collected from the synthetic study: data name -> path."""
+    root = tmp_path_factory.mktemp("figdata")
+    out = {}
+    for name, data in figures.DATA.items():
+        out[name] = Path(registry.data_path(str(root), data))
+        figures.write_data(name, inputs_for(name, study), out[name], {"key": "train.lr"})
+    return out
+
+
+def data_of(name: str, figdata: dict[str, Path]) -> Path:
+    return figdata[figures.REGISTRY[name].data]
+
+
+def test_declarations_name_study_files_and_fill_their_captions() -> None:
+    kinds = set(study_mod.RUN_FILES) | set(study_mod.STUDY_FILES) | {"sweep_table"}
+    values = {field: "X" for field in registry.CAPTION_FIELDS}
+    for data in figures.DATA.values():
+        assert {spec.kind for spec in data.inputs.values()} <= kinds, data.name
+        assert data.ext in ("csv", "csv.gz", "npz"), data.name
     for fig in figures.REGISTRY.values():
-        assert {kind for kind, _ in fig.inputs} <= kinds, fig.name
-        assert {seeds for _, seeds in fig.inputs} <= {"figure_seed", "all_seeds"}, fig.name
-        assert fig.caption and fig.category, fig.name
+        assert fig.data in figures.DATA and fig.category, fig.name
+        fields = {f for _, f, _, _ in string.Formatter().parse(fig.caption) if f is not None}
+        assert fields <= set(registry.CAPTION_FIELDS), fig.name
+        text = fig.caption.format(**values)
+        assert "{{" not in text and "{%" not in text and "@" not in text, fig.name
 
 
 @pytest.mark.parametrize("name", sorted(figures.REGISTRY))
-def test_figure_renders_png_and_pdf(name: str, study, tmp_path: Path) -> None:
+def test_figure_renders_png_and_pdf_from_its_data_alone(name: str, figdata, tmp_path) -> None:
     outputs = [tmp_path / f"{name}.png", tmp_path / "pdf" / f"{name}.pdf"]
-    figures.render(name, inputs_for(name, study), outputs, CFG)
+    variant = "iaf" if figures.REGISTRY[name].per_variant else None
+    figures.render(name, data_of(name, figdata), outputs, variant)
     assert plt.get_fignums() == []  # closed
     assert outputs[1].read_bytes()[:5] == b"%PDF-"
     assert outputs[1].stat().st_size > 1000
@@ -194,45 +226,127 @@ def test_figure_renders_png_and_pdf(name: str, study, tmp_path: Path) -> None:
     )
 
 
-def test_unknown_figure_lists_the_names(study, tmp_path: Path) -> None:
+def test_figure_data_hold_what_is_drawn_in_the_inputs_order(study, figdata) -> None:
+    loss = pd.read_csv(figdata["test_loss"])
+    assert list(loss.columns) == ["variant", "seed", "test_neg_elbo"]
+    assert list(loss["variant"].unique()) == list(VARIANTS)
+    assert loss["test_neg_elbo"].tolist() == [  # exactly: the figure is the same either way
+        json.loads(p.read_text())["test_neg_elbo"] for p in study["metrics"]
+    ]
+    gaps = pd.read_csv(figdata["gap_distribution"])  # compressed: pandas reads .gz
+    assert list(gaps.columns) == ["variant", "seed", "index", "gap"]
+    assert len(gaps) == len(VARIANTS) * len(SEEDS) * N_TEST
+    grids = np.load(figdata["posteriors"])
+    assert grids["variant"].tolist() == list(VARIANTS) and grids["seed"].tolist() == [0, 0, 0]
+    assert grids["log_q"].shape == (len(VARIANTS), len(GRID_IMAGES), 60, 60)
+    assert grids["log_q"].dtype == np.float32 and grids["images"].dtype == np.uint8
+    assert grids["log_q"].max(axis=(2, 3)) == pytest.approx(0.0)  # minus each panel's max
+    assert grids["log_q"].min() >= -21.0
+    with np.load(study["grid"][2]) as first:  # iaf seed 0: the stored panel is its own, shifted
+        raw = first["log_q"][1]
+    assert grids["log_q"][1, 1] == pytest.approx(np.maximum(raw - raw.max(), -21), abs=1e-4)
+    # the inputs in another order: the figure data follow it (the workflow gives config order)
+    shuffled = {"metrics": study["metrics"][::-1]}
+    assert figures.DATA["test_loss"].collect(shuffled, {})["variant"].iloc[0] == "pcpmap"
+
+
+@pytest.mark.parametrize("name", ["test_loss", "gap_distribution", "posteriors"])
+def test_figure_data_are_the_same_bytes_at_another_time(name, study, tmp_path, monkeypatch) -> None:
+    path = tmp_path / f"{name}.{figures.DATA[name].ext}"
+    assert figures.write_data(name, inputs_for(name, study), path)
+    first, mtime = path.read_bytes(), path.stat().st_mtime_ns
+    later = time.time() + 86_400 * 400
+    monkeypatch.setattr(time, "time", lambda: later)  # gzip and zip headers would take it
+    monkeypatch.setattr(time, "localtime", lambda *a: time.gmtime(later))
+    assert store.encode(figures.DATA[name].collect(inputs_for(name, study), {}), path) == first
+    assert not figures.write_data(name, inputs_for(name, study), path), "unchanged: not written"
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_figures_are_the_same_bytes_when_redrawn(figdata, tmp_path) -> None:
+    """Each figure job is a process of its own: two processes draw the same files."""
+    names = ("test_loss", "posterior_panel")
+    script = "import sys; from flowvae import figures\n" + "".join(
+        f"figures.render({name!r}, {str(data_of(name, figdata))!r}, "
+        f"[sys.argv[1] + '/{name}.png', sys.argv[1] + '/{name}.pdf'])\n"
+        for name in names
+    )
+    for k in (0, 1):
+        (tmp_path / str(k)).mkdir()
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / str(k))], check=True)
+        time.sleep(1.1)  # a creation date would differ
+    for name in names:
+        for ext in ("png", "pdf"):
+            first, second = (tmp_path / k / f"{name}.{ext}" for k in ("0", "1"))
+            assert first.read_bytes() == second.read_bytes(), f"{name}.{ext}"
+
+
+def test_unknown_figure_lists_the_names(figdata, tmp_path: Path) -> None:
     with pytest.raises(FlowvaeError, match="unknown figure 'nope'.*posterior_panel"):
-        figures.render("nope", study["metrics"], [tmp_path / "x.png"], CFG)
+        figures.render("nope", figdata["test_loss"], [tmp_path / "x.png"])
 
 
-def test_missing_input_is_named(tmp_path: Path) -> None:
-    missing = tmp_path / "metrics.csv"
-    with pytest.raises(FlowvaeError, match=str(missing)):
-        figures.render("test_loss", [missing], [tmp_path / "x.png"], CFG)
+def test_missing_figure_data_are_named(tmp_path: Path) -> None:
+    missing = tmp_path / "figdata" / "test_loss.csv"
+    with pytest.raises(FlowvaeError, match=f"{missing} of figure test_loss does not exist"):
+        figures.render("test_loss", missing, [tmp_path / "x.png"])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_damaged_figure_data_are_named(figdata, tmp_path: Path) -> None:
+    cut = tmp_path / "posteriors.npz"
+    cut.write_bytes(figdata["posteriors"].read_bytes()[:500])
+    garbage = tmp_path / "gap_distribution.csv.gz"
+    garbage.write_bytes(b"\x1f\x8b not gzip at all")
+    lacking = tmp_path / "test_loss.csv"
+    pd.read_csv(figdata["test_loss"]).drop(columns="test_neg_elbo").to_csv(lacking, index=False)
+    no_variant = tmp_path / "loss_curves.csv"
+    pd.read_csv(figdata["loss_curves"]).drop(columns="variant").to_csv(no_variant, index=False)
+    for name, path in [
+        ("posterior_panel", cut), ("gap_distribution", garbage), ("test_loss", lacking),
+        ("loss_curves", no_variant),
+    ]:  # fmt: skip
+        with pytest.raises(FlowvaeError, match=f"{path} of figure {name} is damaged"):
+            figures.render(name, path, [tmp_path / "x.png"])
+    assert plt.get_fignums() == [] and not (tmp_path / "x.png").exists()
+
+
+def test_missing_input_of_figure_data_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "eval" / "metrics.json"
+    with pytest.raises(FlowvaeError, match=f"input file {missing} of figure data test_loss"):
+        figures.write_data("test_loss", {"metrics": [missing]}, tmp_path / "t.csv")
 
 
 def test_gap_distribution_needs_exact_evaluation(study, tmp_path: Path) -> None:
     df = pd.read_csv(study["per_image"][0])
     df["gap"] = np.nan
-    df["exact_nll"] = np.nan
     df.to_csv(tmp_path / "per_image.csv", index=False)
     with pytest.raises(FlowvaeError, match="exact evaluation"):
-        figures.render("gap_distribution", [tmp_path / "per_image.csv"], [tmp_path / "g.png"], CFG)
-    assert not (tmp_path / "g.png").exists()
-    assert plt.get_fignums() == []
+        figures.write_data(
+            "gap_distribution", {"per_image": [tmp_path / "per_image.csv"]}, tmp_path / "g.csv.gz"
+        )
+    assert not (tmp_path / "g.csv.gz").exists()
 
 
 def test_grid_without_a_key_is_named(tmp_path: Path) -> None:
     path = tmp_path / "grid.npz"
     np.savez(path, variant=np.array("standard"), seed=np.array(0))
     with pytest.raises(FlowvaeError, match="images") as info:
-        figures.render("samples", [path], [tmp_path / "s.png"], CFG)
+        figures.write_data("samples", {"grid": [path]}, tmp_path / "s.npz")
     assert str(path) in str(info.value)
 
 
 def test_grid_without_contours_draws_pictures_only(study, tmp_path: Path) -> None:
     """A latent space other than 2-D gives no contour arrays: pictures work, contours explain."""
     with np.load(study["grid"][0]) as npz:
-        arrays = {k: npz[k] for k in npz.files if k not in figures.CONTOUR_KEYS}
+        arrays = {k: npz[k] for k in npz.files if k not in ("z1", "z2", "log_q", "log_joint")}
     np.savez(tmp_path / "grid.npz", **arrays)
-    figures.render("reconstructions", [tmp_path / "grid.npz"], [tmp_path / "r.png"], CFG)
+    inputs = {"grid": [tmp_path / "grid.npz"]}
+    figures.write_data("reconstructions", inputs, tmp_path / "r.npz")
+    figures.render("reconstructions", tmp_path / "r.npz", [tmp_path / "r.png"])
     assert (tmp_path / "r.png").stat().st_size > 0
     with pytest.raises(FlowvaeError, match="latent_dim 2"):
-        figures.render("posterior_panel", [tmp_path / "grid.npz"], [tmp_path / "p.png"], CFG)
+        figures.write_data("posteriors", inputs, tmp_path / "p.npz")
 
 
 def test_panel_refuses_grids_of_different_images(study, tmp_path: Path) -> None:
@@ -243,13 +357,15 @@ def test_panel_refuses_grids_of_different_images(study, tmp_path: Path) -> None:
     arrays["image_index"] = arrays["image_index"] + 1
     np.savez(other, **arrays)
     with pytest.raises(FlowvaeError, match="different images"):
-        figures.render("posterior_panel", [study["grid"][0], other], [tmp_path / "p.png"], CFG)
+        figures.write_data("posteriors", {"grid": [study["grid"][0], other]}, tmp_path / "p.npz")
 
 
-def test_gap_contours_titles_and_order_follow_per_image(study) -> None:
-    fig = figures.gap_contours(study["per_image"] + study["grid"], CFG)
+def test_gap_contours_titles_and_order_follow_per_image(figdata) -> None:
+    data = figures.read_data("gap_contours", figdata["gap_contours"])
+    fig = figures.REGISTRY["gap_contours"].draw(data)
     try:
-        per_image = pd.read_csv(study["per_image"][0])  # standard, seed 0
+        per_image = pd.read_csv(figdata["gap_distribution"])
+        per_image = per_image[(per_image["variant"] == "standard") & (per_image["seed"] == 0)]
         gaps = per_image.set_index("index").loc[GRID_IMAGES, "gap"]
         expected_order = gaps.sort_values(ascending=False).index.tolist()
         axes = np.array(fig.axes[: len(GRID_IMAGES) * 7]).reshape(len(GRID_IMAGES), 7)
@@ -261,24 +377,21 @@ def test_gap_contours_titles_and_order_follow_per_image(study) -> None:
         plt.close(fig)
 
 
-def test_posterior_q_takes_one_variant(study, tmp_path: Path) -> None:
-    with pytest.raises(FlowvaeError, match="one variant"):
-        figures.render("posterior", study["grid"], [tmp_path / "q.png"], CFG)
+def test_posterior_q_draws_the_variant_asked_for(figdata, tmp_path: Path) -> None:
+    path = figdata["posteriors"]
+    with pytest.raises(FlowvaeError, match="per variant"):
+        figures.render("posterior", path, [tmp_path / "q.png"])
+    with pytest.raises(FlowvaeError, match="no variant 'cotflow'"):
+        figures.render("posterior", path, [tmp_path / "q.png"], "cotflow")
+    fig = figures.REGISTRY["posterior"].draw(figures.read_data("posterior", path), "pcpmap")
+    try:
+        assert "pcpmap (seed 0)" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
 
 
-def test_variant_order_follows_config() -> None:
-    assert figures._order(["pcpmap", "standard", "iaf"], CFG) == ["standard", "iaf", "pcpmap"]
-    assert figures._order(["b", "standard", "a"], {}) == ["standard", "a", "b"]
-
-
-def test_pdf_figures_are_byte_identical_between_renders(tmp_path):
-    table = tmp_path / "metrics.csv"
-    table.write_text(
-        "variant,seed,test_neg_elbo,seconds_per_epoch\n"
-        "standard,0,120.0,1.0\nstandard,1,121.0,1.1\niaf,0,119.0,2.0\niaf,1,119.5,2.1\n"
-    )
-    outs = [tmp_path / "a.pdf", tmp_path / "b.pdf"]
-    for out in outs:
-        figures.render("test_loss", [table], [out], {})
-        time.sleep(1.1)  # a creation date would differ
-    assert outs[0].read_bytes() == outs[1].read_bytes()
+def test_captions_link_their_figure_data() -> None:
+    fig = figures.REGISTRY["posterior"]
+    values = {field: "0" for field in registry.CAPTION_FIELDS if field != "variant"}
+    text = registry.caption(fig, values, "results/figdata/posteriors.npz", "iaf")
+    assert "**iaf**" in text and "`posteriors.npz`_" in text

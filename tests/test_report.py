@@ -93,7 +93,9 @@ def test_aggregate_sweep_columns_first_and_benchmarks_by_position(tmp_path: Path
             bench = tmp_path / "results" / "sweep" / "lr" / str(value) / "benchmarks"
             train.append(write_benchmark(bench / "train" / "iaf" / f"seed{seed}.tsv", value, 5))
             ev.append(write_benchmark(bench / "evaluate" / "iaf" / f"seed{seed}.tsv", 1, 5))
-    df = aggregate.aggregate(evals, tmp_path / "sweep.csv", train_benchmarks=train, eval_benchmarks=ev)
+    df = aggregate.aggregate(
+        evals, tmp_path / "sweep.csv", train_benchmarks=train, eval_benchmarks=ev
+    )
     assert list(df.columns[:2]) == ["sweep", "sweep_value"]
     assert df["sweep_value"].tolist() == [0.001, 0.001, 0.01, 0.01]
     assert df["seed"].tolist() == [0, 1, 0, 1]

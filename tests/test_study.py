@@ -45,7 +45,7 @@ def test_run_variants_runs_a_subset_and_says_so(tmp_path):
     s = make_study(tmp_path, run_variants=["iaf"])
     assert s.variants == ["iaf"] and s.reference is None
     assert all("/iaf/" in p for p in s.run_files("model"))
-    names = {j["name"] for j in s.figure_jobs()}
+    names = {j.name for j in s.figure_jobs()}
     assert "gap_contours" not in names and "posterior_iaf" in names
     text = "\n".join(s.describe())
     assert "variants iaf;" in text and "leaves out standard, pcpmap, cotflow" in text
@@ -70,7 +70,7 @@ def test_bad_study_settings_name_their_key(tmp_path, changes, key):
 
 def test_other_latent_sizes_leave_out_the_2d_steps(tmp_path):
     s = make_study(tmp_path, **{"model.latent_dim": 3})
-    names = {j["name"] for j in s.figure_jobs()}
+    names = {j.name for j in s.figure_jobs()}
     assert names == {
         "test_loss", "loss_curves", "cost_tradeoff", "reconstructions", "samples", "tuning"
     }  # fmt: skip
@@ -78,14 +78,26 @@ def test_other_latent_sizes_leave_out_the_2d_steps(tmp_path):
     assert any("latent_dim 3 != 2" in line for line in s.describe())
 
 
-def test_figure_inputs_follow_the_registry(tmp_path):
+def test_figure_jobs_follow_the_registry(tmp_path):
+    """A figure reads its figure data only; the figure data read the runs' files."""
     s = make_study(tmp_path)
-    jobs = {j["name"]: j for j in s.figure_jobs()}
-    assert set(jobs) >= {n for n, f in figures.REGISTRY.items() if f.inputs and not f.per_variant}
-    assert jobs["posterior_panel"]["inputs"] == s.run_files("grid", seeds=[0])
-    assert jobs["posterior_iaf"]["inputs"] == s.run_files("grid", ["iaf"], [0])
-    assert jobs["loss_curves"]["inputs"] == s.run_files("history")
-    assert jobs["test_loss"]["inputs"] == [s.study_file("table")]
+    jobs = {j.name: j for j in s.figure_jobs()}
+    assert set(jobs) >= {n for n, f in figures.REGISTRY.items() if not f.per_variant} - {"sweep"}
+    figdata = os.path.join(s.results, "figdata")
+    assert jobs["posterior_panel"].data.inputs == {"grid": s.run_files("grid", seeds=[0])}
+    assert jobs["posterior_iaf"].data is jobs["posterior_panel"].data  # one file for both
+    assert jobs["posterior_iaf"].data.path == os.path.join(figdata, "posteriors.npz")
+    assert jobs["loss_curves"].data.inputs == {"history": s.run_files("history")}
+    assert jobs["test_loss"].data.inputs == {"metrics": s.run_files("metrics")}
+    assert jobs["test_loss"].data.path == os.path.join(figdata, "test_loss.csv")
+    gap = jobs["gap_contours"].data.inputs
+    assert gap["reference"] == [s.run_file("per_image", "standard", 0)]
+    assert gap["per_image"] == s.run_files("per_image", seeds=[0])
+    assert jobs["tuning"].data.ancient == ["plan"]  # rewritten at each parse: its time says nothing
+    assert jobs["tuning"].data.inputs["summaries"] == s.tuning_runs("train_summary")
+    assert jobs["gap_distribution"].data.path.endswith(".csv.gz")
+    assert "**iaf**" in jobs["posterior_iaf"].caption and "Seed 0." in jobs["posterior_iaf"].caption
+    assert "`posteriors.npz`_" in jobs["posterior_panel"].caption
 
 
 # ----------------------------------------------------------------------------- settings files

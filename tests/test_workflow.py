@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +25,7 @@ from conftest import REPO_ROOT
 from pipeline import job_counts
 
 from flowvae import config as config_mod
+from flowvae import study as study_mod
 from flowvae.config import train_settings
 from flowvae.figures import REGISTRY
 
@@ -38,7 +40,7 @@ def figure_names(variants: list[str], latent_2d: bool = True, tuning: bool = Tru
     """Every figure file name of a study with these variants, from the package's registry."""
     names = []
     for fig in REGISTRY.values():
-        if not fig.inputs or (fig.latent_2d and not latent_2d) or (fig.needs_tuning > tuning):
+        if fig.per_sweep or (fig.latent_2d and not latent_2d) or (fig.needs_tuning > tuning):
             continue
         names += [f"{fig.name}_{v}" for v in variants] if fig.per_variant else [fig.name]
     return names
@@ -177,8 +179,9 @@ def test_the_workflow_runs_from_another_folder(tmp_path):
     assert proc.returncode != 0 and "'epoch' was unexpected" in output(proc)
 
 
-def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
-    """A release archive: every file has one modification time and no model exists."""
+def archive_copy(tmp_path: Path) -> Path:
+    """A release archive of the checkout (`git archive`, a ZIP): every file it would hold, all
+    with one modification time, and no run's files (they are not committed)."""
     copy = tmp_path / "copy"
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
@@ -192,6 +195,12 @@ def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / name, target)
         os.utime(target, (stamp, stamp))
+    return copy
+
+
+def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
+    """A release archive: every file has one modification time and no model exists."""
+    copy = archive_copy(tmp_path)
     assert (copy / "results" / "metrics.csv").exists(), "the committed table is in the copy"
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-n", "--quiet", "rules"],
@@ -202,7 +211,53 @@ def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
     assert "Nothing to be done" not in text
     jobs = job_counts(text)
     assert jobs["train"] == jobs["evaluate"] == len(STUDY["variants"]) * len(STUDY["seeds"])
-    assert jobs["aggregate"] == jobs["figure_test_loss"] == 1
+    assert jobs["aggregate"] == jobs["figure_test_loss"] == jobs["figdata_test_loss"] == 1
+
+
+#: Committed figures whose figure data the committed study does not hold: its runs' files were
+#: never committed, so these come with the next run of the study (which empties this set).
+AWAITING_DATA = {
+    "posterior_true", "posterior_standard", "posterior_iaf", "posterior_pcpmap",
+    "posterior_cotflow", "posterior_panel", "gap_contours", "gap_distribution",
+    "loss_curves", "cost_tradeoff", "quadrature_check", "reconstructions", "samples",
+}  # fmt: skip
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the settings files a parse writes (results/settings/, new on a copy) are newer than "
+    "the committed figure data; Snakemake gives prepare (output missing) the output time of its "
+    "nearest existing descendant, the figure data, so prepare and every job after it rerun. "
+    "Fix: date a new settings file of an unfinished job back (study.sync_settings)",
+)
+def test_an_archive_copy_redraws_each_committed_figure_with_one_job(tmp_path):
+    """Without the runs, every committed figure is drawn from its committed figure data: one
+    job each, and the figure equals the committed one byte for byte."""
+    copy = archive_copy(tmp_path)
+    plan = study_mod.Study(STUDY).figure_jobs()
+    data = {job.png: job.data.path for job in plan}
+    committed = sorted(str(p.relative_to(copy)) for p in (copy / "figures").glob("*.png"))
+    assert committed and set(committed) <= set(data), "every committed figure is planned"
+    drawable = [png for png in committed if (copy / data[png]).is_file()]
+    assert {Path(png).stem for png in committed if png not in drawable} == AWAITING_DATA
+    for png in drawable:
+        (copy / png).unlink()
+        (copy / png).with_suffix(".pdf").unlink()
+    command = [str(BIN / "snakemake"), "--quiet", "rules", "--cores", "1"]
+    proc = subprocess.run(
+        [*command, "-n", *drawable],
+        cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    expected = {f"figure_{Path(png).stem}": 1 for png in drawable}
+    assert job_counts(output(proc)) == {**expected, "total": len(drawable)}
+    proc = subprocess.run(
+        [*command, drawable[0]],
+        cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, output(proc)
+    for path in (drawable[0], drawable[0].replace(".png", ".pdf")):
+        assert (copy / path).read_bytes() == (REPO_ROOT / path).read_bytes(), path
 
 
 def test_sweep_runs_each_value_with_its_settings_file(tmp_path):
@@ -258,18 +313,20 @@ def test_stages_depend_on_their_package_files(tmp_path):
         if line.strip().startswith("input:")
     )
     assert "src/flowvae/train.py" in train_inputs
-    assert "src/flowvae/figures.py" not in train_inputs
+    assert "src/flowvae/figures/" not in train_inputs
     assert "src/flowvae/report.py" not in train_inputs
 
 
-def test_figures_get_the_variants_in_config_order(tmp_path):
+def test_figure_data_get_the_variants_in_config_order(tmp_path):
     panel = tmp_path / "figures" / "posterior_panel.png"
     proc = snakemake(panel, "-n", "--printshellcmds", tmp=tmp_path)
     text = output(proc)
     assert proc.returncode == 0, text
-    (command,) = [line for line in text.splitlines() if "flowvae figure posterior_panel" in line]
+    (command,) = [line for line in text.splitlines() if "figure-data posteriors" in line]
     names = list(STUDY["variants"])
-    assert sorted(names, key=command.index) == names
+    assert sorted(names, key=lambda v: command.index(f"/eval/{v}/")) == names
+    (draw,) = [line for line in text.splitlines() if "flowvae figure posterior_panel" in line]
+    assert "--data " + str(tmp_path / "results" / "figdata" / "posteriors.npz") in draw
 
 
 # ----------------------------------------------------------------------------- bad config
@@ -529,6 +586,37 @@ def test_quick_report(quick):
     assert proc.returncode == 0, output(proc)
     assert html.stat().st_size > 10_000
     assert "<html" in html.read_text(errors="replace")[:2000].lower()
+
+
+def test_quick_figures_redraw_from_their_data_without_the_runs(quick, tmp_path):
+    """As on a fresh clone: the figure data and figures, no run's files, every file one time.
+    A table-based and a grid-based figure each redraw with one job, to the same bytes; a
+    damaged figure data file is named."""
+    copy = tmp_path / "clone"
+    shutil.copytree(quick / "figures", copy / "figures")
+    shutil.copytree(quick / "results" / "figdata", copy / "results" / "figdata")
+    stamp = time.time() - 5
+    for path in copy.rglob("*"):
+        os.utime(path, (stamp, stamp))
+    configs = ["config/quick.yaml"]
+    pngs = {rule: copy / "figures" / f"{rule[7:]}.png" for rule in FIGURE_RULES}
+    before = {rule: png.read_bytes() for rule, png in pngs.items()}
+    for rule, png in pngs.items():
+        png.unlink()
+        assert dry_run(png, tmp=copy, configfiles=configs) == {rule: 1, "total": 1}
+    proc = snakemake(*pngs.values(), "--cores", "1", tmp=copy, configfiles=configs)
+    assert proc.returncode == 0, output(proc)
+    assert job_counts(output(proc)) == {**dict.fromkeys(pngs, 1), "total": len(pngs)}
+    assert {rule: png.read_bytes() for rule, png in pngs.items()} == before
+    damaged = copy / "results" / "figdata" / "test_loss.csv"
+    damaged.write_text("variant,seed\nstandard,0\n")
+    proc = snakemake(pngs["figure_test_loss"], "--cores", "1", "-f", tmp=copy, configfiles=configs)
+    assert proc.returncode != 0
+    log = (copy / "results" / "logs" / "figures" / "test_loss.log").read_text()
+    assert f"figure data file {damaged} of figure test_loss is damaged" in log, log
+
+
+FIGURE_RULES = ("figure_test_loss", "figure_posterior_panel")  # a table and a grid
 
 
 def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):

@@ -399,21 +399,40 @@ def cmd_adopt(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- figures
 
 
-def _figure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="figure name, e.g. posterior_panel, test_loss, loss_curves")
-    p.add_argument("--inputs", nargs="+", required=True, help="input files of the figure")
-    p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
-    p.add_argument("--settings", metavar="JSON", help="config sections as a JSON string")
-    _config_args(p, settings_file=False)
+def _figure_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="figure data name, e.g. posteriors, test_loss, loss_curves")
+    p.add_argument(
+        "--input", nargs="+", action="append", required=True, metavar=("NAME", "FILE"),
+        help="an input by name and its files, e.g. --input metrics eval/*/seed*/metrics.json",
+    )  # fmt: skip
+    p.add_argument("--option", action="append", default=[], help="KEY=VALUE, e.g. key=train.lr")
+    p.add_argument("--out", required=True, help="the figure data file (.csv, .csv.gz, .npz)")
 
 
-@command("figure", _figure_args, "render one figure (PNG and/or PDF)")
-def cmd_figure(args: argparse.Namespace) -> None:
-    """Render the figure NAME from its input files."""
+@command("figure-data", _figure_data_args, "collect the data of figures from the runs' files")
+def cmd_figure_data(args: argparse.Namespace) -> None:
+    """Collect the figure data NAME (flowvae.figures.DATA) from its named input files into one
+    small file: what its figures draw, and nothing more."""
     from flowvae import figures
 
-    cfg = _config(args, args.settings)
-    figures.render(args.name, [Path(p) for p in args.inputs], [Path(p) for p in args.out], cfg)
+    inputs = {name: [Path(p) for p in paths] for name, *paths in args.input}
+    options = dict(option.split("=", 1) for option in args.option)
+    figures.write_data(args.name, inputs, Path(args.out), options)
+
+
+def _figure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="figure name, e.g. posterior_panel, test_loss, loss_curves")
+    p.add_argument("--data", required=True, help="its figure data file (results/figdata/...)")
+    p.add_argument("--variant", help="the variant of a per-variant figure (posterior)")
+    p.add_argument("--out", nargs="+", required=True, help="output files (.png, .pdf)")
+
+
+@command("figure", _figure_args, "render one figure (PNG and/or PDF) from its figure data")
+def cmd_figure(args: argparse.Namespace) -> None:
+    """Render the figure NAME from its figure data file alone."""
+    from flowvae import figures
+
+    figures.render(args.name, Path(args.data), [Path(p) for p in args.out], args.variant)
 
 
 def build_parser() -> argparse.ArgumentParser:

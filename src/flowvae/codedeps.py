@@ -46,6 +46,7 @@ ENTRY = {
     "evaluate": ("flowvae.evaluate",),  # evaluate, gap-grids
     "report": ("flowvae.aggregate", "flowvae.report", "flowvae.selection"),  # aggregate, ...
     "figures": ("flowvae.figures",),  # figure
+    "figure_data": ("flowvae.figures",),  # figure-data
 }
 
 

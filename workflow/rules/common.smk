@@ -117,13 +117,6 @@ def protocol_args(wildcards, input):
     return " ".join(args)
 
 
-def figure_settings(wildcards=None):
-    """What the figures read of the config: variant order and the reference."""
-    return json.dumps(
-        {"variants": config["variants"], "reference": config["reference"]}
-    )
-
-
 wildcard_constraints:
     variant="|".join(re.escape(v) for v in STUDY.all_variants),
     seed=r"\d+",

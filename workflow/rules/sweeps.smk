@@ -96,10 +96,34 @@ use rule summary as summary_sweep with:
         results("logs/sweeps/{sweep}/summary.log"),
 
 
-# Test loss against the swept value.
-rule sweep_figure:
+# Test loss against the swept value: its figure data (the sweep's table, drawn columns), then
+# the figure from them alone.
+rule sweep_figure_data:
     input:
         metrics=rules.aggregate_sweep.output.metrics,
+        code=CODE["figure_data"],
+    output:
+        data=report(
+            results("figdata/sweep_{sweep}.csv"),
+            caption="../report/figdata.rst",
+            category="Sweeps",
+            subcategory="{sweep}",
+        ),
+    log:
+        results("logs/figdata/sweep_{sweep}.log"),
+    localrule: True
+    conda:
+        ENV
+    params:
+        key=lambda wildcards: shlex.quote(f"key={sweep_of(wildcards).key}"),
+    shell:
+        "python -m flowvae figure-data sweep --input metrics {input.metrics:q}"
+        " --option {params.key} --out {output.data:q} > {log:q} 2>&1"
+
+
+rule sweep_figure:
+    input:
+        data=rules.sweep_figure_data.output.data,
         code=CODE["figures"],
     output:
         png=report(
@@ -114,14 +138,6 @@ rule sweep_figure:
     localrule: True
     conda:
         ENV
-    params:
-        settings=lambda wildcards: json.dumps(
-            {
-                "variants": config["variants"],
-                "reference": config["reference"],
-                "sweeps": {wildcards.sweep: config["sweeps"][wildcards.sweep]},
-            }
-        ),
     shell:
-        "python -m flowvae figure sweep --inputs {input.metrics:q}"
-        " --out {output.png:q} {output.pdf:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "python -m flowvae figure sweep --data {input.data:q}"
+        " --out {output.png:q} {output.pdf:q} > {log:q} 2>&1"

@@ -38,6 +38,7 @@ __all__ = [
     "value_folder",
 ]
 
+
 @dataclass(frozen=True)
 class Group:
     """Runs that share a results root and a config: (variants x seeds) under ``root``."""
@@ -274,45 +275,18 @@ class Study(Layout):
 
     # ------------------------------------------------------------------ targets
 
-    def figure_jobs(self) -> list[dict]:
-        """Every figure of the study: name, registry entry, inputs (figures.REGISTRY)."""
-        from flowvae.figures import REGISTRY
+    def figure_jobs(self) -> list:
+        """Every figure of the study and the job writing its figure data
+        (flowvae.figures.registry.jobs: the registry decides, matplotlib is not loaded)."""
+        from flowvae.figures import jobs
 
-        jobs = []
-        for fig in REGISTRY.values():
-            if not fig.inputs:  # the sweep figure: a rule of its own per sweep (sweeps.smk)
-                continue
-            if fig.latent_2d and not self.latent_2d:
-                continue
-            if fig.needs_reference and self.reference is None:
-                continue
-            if fig.needs_tuning and not self.candidates:
-                continue
-            names = [f"{fig.name}_{v}" for v in self.variants] if fig.per_variant else [fig.name]
-            for i, name in enumerate(names):
-                variants = [self.variants[i]] if fig.per_variant else self.variants
-                jobs.append(
-                    {"name": name, "figure": fig, "inputs": self.figure_inputs(fig, variants)}
-                )
-        return jobs
-
-    def figure_inputs(self, fig, variants: list[str]) -> list[str]:
-        paths: list[str] = []
-        for kind, seeds in fig.inputs:
-            if kind in STUDY_FILES:
-                paths.append(self.study_file(kind))
-            else:
-                chosen = [self.figure_seed] if seeds == "figure_seed" else self.seeds
-                paths += self.run_files(kind, variants, chosen)
-        return paths
+        return jobs(self)
 
     def targets(self) -> list[str]:
         """What `snakemake` builds: every run's evaluation (so a copy without models rebuilds
         them), the tables, every figure (PNG and PDF) and the sweeps' tables."""
         out = self.run_files("metrics") + [self.study_file("table"), self.study_file("summary")]
-        out += [
-            self.figure_file(j["name"], ext) for j in self.figure_jobs() for ext in ("png", "pdf")
-        ]
+        out += [path for job in self.figure_jobs() for path in (job.png, job.pdf)]
         out += self.tuning_targets() + self.compute_targets()
         for name in self.sweeps:
             out += [
