@@ -223,13 +223,6 @@ AWAITING_DATA = {
 }  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the settings files a parse writes (results/settings/, new on a copy) are newer than "
-    "the committed figure data; Snakemake gives prepare (output missing) the output time of its "
-    "nearest existing descendant, the figure data, so prepare and every job after it rerun. "
-    "Fix: date a new settings file of an unfinished job back (study.sync_settings)",
-)
 def test_an_archive_copy_redraws_each_committed_figure_with_one_job(tmp_path):
     """Without the runs, every committed figure is drawn from its committed figure data: one
     job each, and the figure equals the committed one byte for byte."""

@@ -38,6 +38,24 @@ RUNTIME = ancient(STUDY.study_file("runtime"))
 ENV = "../../environment.yml"
 
 
+def unless_done(paths, done):
+    """Input function: ``paths`` (a pattern or a list), read as `ancient` while the job's
+    output ``done`` (a pattern) is missing. A job that never ran runs because its output is
+    missing, not because of its inputs' times; so on a fresh clone, whose settings files (written
+    at parse) and code are newer than the committed figure data, asking for one figure plans
+    that figure alone. Once the output exists, the inputs' times count as usual."""
+    names = [paths] if isinstance(paths, str) else list(paths)
+
+    def inputs(wildcards):
+        fill = dict(wildcards.items())
+        files = [name.format(**fill) for name in names]
+        if os.path.exists(done.format(**fill)):
+            return files
+        return [ancient(f) for f in files]
+
+    return inputs
+
+
 def results(*parts):
     """A path under the results folder of the main study."""
     return os.path.join(R, *parts)

@@ -24,8 +24,10 @@ rule download:
 rule prepare:
     input:
         raw=ancient(rules.download.output.raw),
-        settings=STUDY.study_file("data_settings"),
-        code=CODE["prepare"],
+        settings=unless_done(
+            STUDY.study_file("data_settings"), STUDY.study_file("data")
+        ),
+        code=unless_done(CODE["prepare"], STUDY.study_file("data")),
     output:
         data=STUDY.study_file("data"),
     log:

@@ -12,9 +12,9 @@ COMPUTE = {
 use rule train as train_compute with:
     input:
         data=rules.prepare.output.data,
-        settings=COMPUTE["train_settings"],
+        settings=unless_done(COMPUTE["train_settings"], COMPUTE["model"]),
         runtime=RUNTIME,
-        code=CODE["train"],
+        code=unless_done(CODE["train"], COMPUTE["model"]),
     output:
         model=COMPUTE["model"],
         history=COMPUTE["history"],
@@ -29,9 +29,9 @@ use rule evaluate as evaluate_compute with:
     input:
         model=rules.train_compute.output.model,
         data=rules.prepare.output.data,
-        settings=COMPUTE["evaluate_settings"],
+        settings=unless_done(COMPUTE["evaluate_settings"], COMPUTE["metrics"]),
         runtime=RUNTIME,
-        code=CODE["evaluate"],
+        code=unless_done(CODE["evaluate"], COMPUTE["metrics"]),
     output:
         metrics=COMPUTE["metrics"],
         per_image=COMPUTE["per_image"],

@@ -7,9 +7,9 @@ rule evaluate:
     input:
         model=rules.train.output.model,
         data=rules.prepare.output.data,
-        settings=RUN["evaluate_settings"],
+        settings=unless_done(RUN["evaluate_settings"], RUN["metrics"]),
         runtime=RUNTIME,
-        code=CODE["evaluate"],
+        code=unless_done(CODE["evaluate"], RUN["metrics"]),
     output:
         metrics=RUN["metrics"],
         per_image=RUN["per_image"],
@@ -40,9 +40,9 @@ rule gap_grids:
             variant=config["reference"],
             allow_missing=True,
         ),
-        settings=RUN["evaluate_settings"],
+        settings=unless_done(RUN["evaluate_settings"], RUN["gap_grid"]),
         runtime=RUNTIME,
-        code=CODE["evaluate"],
+        code=unless_done(CODE["evaluate"], RUN["gap_grid"]),
     output:
         grid=RUN["gap_grid"],
     log:

@@ -9,8 +9,11 @@ SWEEP_ROOT = STUDY.sweep_root()
 use rule prepare as prepare_sweep with:
     input:
         raw=ancient(rules.download.output.raw),
-        settings=STUDY.study_file("data_settings", SWEEP_ROOT),
-        code=CODE["prepare"],
+        settings=unless_done(
+            STUDY.study_file("data_settings", SWEEP_ROOT),
+            STUDY.study_file("data", SWEEP_ROOT),
+        ),
+        code=unless_done(CODE["prepare"], STUDY.study_file("data", SWEEP_ROOT)),
     output:
         data=STUDY.study_file("data", SWEEP_ROOT),
     log:
@@ -20,9 +23,9 @@ use rule prepare as prepare_sweep with:
 use rule train as train_sweep with:
     input:
         data=sweep_data,
-        settings=SWEEP["train_settings"],
+        settings=unless_done(SWEEP["train_settings"], SWEEP["model"]),
         runtime=RUNTIME,
-        code=CODE["train"],
+        code=unless_done(CODE["train"], SWEEP["model"]),
     output:
         model=SWEEP["model"],
         history=SWEEP["history"],
@@ -37,9 +40,9 @@ use rule evaluate as evaluate_sweep with:
     input:
         model=rules.train_sweep.output.model,
         data=sweep_data,
-        settings=SWEEP["evaluate_settings"],
+        settings=unless_done(SWEEP["evaluate_settings"], SWEEP["metrics"]),
         runtime=RUNTIME,
-        code=CODE["evaluate"],
+        code=unless_done(CODE["evaluate"], SWEEP["metrics"]),
     output:
         metrics=SWEEP["metrics"],
         per_image=SWEEP["per_image"],

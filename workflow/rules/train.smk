@@ -8,9 +8,9 @@
 rule train:
     input:
         data=rules.prepare.output.data,
-        settings=RUN["train_settings"],
+        settings=unless_done(RUN["train_settings"], RUN["model"]),
         runtime=RUNTIME,
-        code=CODE["train"],
+        code=unless_done(CODE["train"], RUN["model"]),
     output:
         model=RUN["model"],
         history=RUN["history"],

@@ -13,9 +13,9 @@ TUNING = {
 use rule train as train_tuning with:
     input:
         data=rules.prepare.output.data,
-        settings=TUNING["train_settings"],
+        settings=unless_done(TUNING["train_settings"], TUNING["model"]),
         runtime=RUNTIME,
-        code=CODE["train"],
+        code=unless_done(CODE["train"], TUNING["model"]),
     output:
         model=TUNING["model"],
         history=TUNING["history"],
