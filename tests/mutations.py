@@ -151,7 +151,7 @@ MUTATIONS = [Mutation(*row) for row in [
     ("lr_cosine_sign", "train.py",
      "(1 + math.cos(math.pi * frac))", "(1 - math.cos(math.pi * frac))", TRAIN),
     ("lr_cosine_no_half", "train.py",
-     '0.5 * (tcfg["lr"] - tcfg["lr_min"])', '(tcfg["lr"] - tcfg["lr_min"])', TRAIN),
+     "0.5 * (t.lr - t.lr_min)", "(t.lr - t.lr_min)", TRAIN),
     ("kl_warmup_max_not_min", "train.py",
      "min(1.0, (epoch + 1) / w)", "max(1.0, (epoch + 1) / w)", TRAIN),
     ("kl_warmup_twice_as_long", "train.py", "(epoch + 1) / w)", "(epoch + 1) / (2 * w))", TRAIN),

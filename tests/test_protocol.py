@@ -9,7 +9,7 @@ from conftest import REPO_ROOT
 from pipeline import QUICK, failure, flowvae, snakemake
 
 from flowvae import config as config_mod
-from flowvae import selection
+from flowvae import adopt, selection
 from flowvae.study import Study
 
 # Minutes of training and evaluation: in `make test-all` (what CI runs), not in `make test`.
@@ -74,7 +74,7 @@ def test_tuning_gives_every_variant_the_same_trials_judged_on_validation(protoco
 def test_final_comparison_runs_at_the_selected_settings(protocol):
     cfg = config_mod.load([REPO_ROOT / "config" / "config.yaml", *final_configs(protocol)])
     table = pd.read_csv(protocol / "results" / "selection.csv")
-    assert selection.difference(cfg, table) == []
+    assert adopt.difference(cfg, table) == []
     chosen = selection.selected(table)
     metrics = pd.read_csv(protocol / "results" / "metrics.csv")
     for variant, overrides in chosen.items():

@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from flowvae import config as config_mod
-from flowvae import selection
+from flowvae import adopt, selection
 from flowvae.errors import ConfigError
 from flowvae.study import Study
 
@@ -122,15 +122,15 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
         ],
         "lowest_mean_val_loss",
     )
-    before = selection.difference(s.cfg, table)
+    before = adopt.difference(s.cfg, table)
     assert before  # the committed settings are not that selection
     base = config_mod.load([DEFAULT])
     hand_written = DEFAULT.read_text()
-    changed = selection.adopt(out, table, base)
+    changed = adopt.adopt(out, table, base)
     assert changed == s.variants, "a new file: every variant is new"
     assert DEFAULT.read_text() == hand_written, "the hand-written config is never rewritten"
     adopted = config_mod.load([DEFAULT, out], None, [])
-    assert selection.difference(adopted, table) == []
+    assert adopt.difference(adopted, table) == []
     longest = max(s.cfg["tuning"]["shared"]["epochs"])
     iaf = config_mod.resolve(adopted, "iaf", 0)
     assert iaf.train.epochs == longest and iaf.train.lr == 3e-3
@@ -141,11 +141,11 @@ def test_adopt_writes_the_selection_and_difference_finds_a_departure(tmp_path):
     }  # fmt: skip
     # the rest of the config is the hand-written one, and a second adoption changes nothing
     assert adopted["tuning"] == s.cfg["tuning"] and adopted["seeds"] == s.cfg["seeds"]
-    assert selection.adopt(out, table, base) == []
+    assert adopt.adopt(out, table, base) == []
     # a hand edit is found, named by its key
     out.write_text(out.read_text().replace("width: 128", "width: 96", 1))
     edited = config_mod.load([DEFAULT, out], None, [])
-    assert "variants.pcpmap.width" in selection.difference(edited, table)
+    assert "variants.pcpmap.width" in adopt.difference(edited, table)
 
 
 def test_the_default_config_carries_the_committed_selection():
@@ -156,7 +156,7 @@ def test_the_default_config_carries_the_committed_selection():
     table = selection.read(committed)
     plan = Study(cfg).tuning_plan()
     assert sorted(table["candidate"]) == sorted(c["candidate"] for c in plan["candidates"])
-    assert selection.difference(cfg, table) == []
+    assert adopt.difference(cfg, table) == []
 
 
 def test_selection_reads_the_plan_and_refuses_a_stale_run(tmp_path):

@@ -385,11 +385,11 @@ def cmd_adopt(args: argparse.Namespace) -> None:
     every variant the same training seconds, into OUT (config/selected.yaml), a generated file
     the workflow reads after config/config.yaml; `snakemake` then runs the final comparison at
     those settings. The hand-written config is never rewritten."""
-    from flowvae import selection
+    from flowvae import adopt, selection
 
     base = config_mod.load(args.config or ["config/config.yaml"])
     table = selection.read(Path(args.selection))
-    changed = selection.adopt(Path(args.out), table, base, args.selection)
+    changed = adopt.adopt(Path(args.out), table, base, args.selection)
     print(
         f"{args.out}: selected settings written"
         + (f"; changed: {', '.join(changed)}" if changed else "; nothing changed")

@@ -298,7 +298,7 @@ def failed_checks(summary: Path) -> list[str]:
 def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
     """The hyperparameter protocol in two sentences, the selected settings, and whether the
     config (hence the final comparison) uses them."""
-    from flowvae import selection
+    from flowvae import adopt, selection
 
     table = selection.read(selection_csv)
     chosen = table[table["selected"].astype(bool)]
@@ -318,7 +318,7 @@ def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
     ]
     for row in chosen.itertuples():
         lines.append(f"| {row.variant} | `{row.candidate}` | {row.mean_val_loss:.2f} |")
-    differs = selection.difference(cfg, table)
+    differs = adopt.difference(cfg, table)
     lines.append("")
     if differs:
         lines.append(

@@ -154,7 +154,7 @@ def caption(fig: Figure, values: dict[str, str], data_file: str, variant: str | 
 
 
 def _input_files(study, spec: Input) -> list[str]:
-    from flowvae.study import RUN_FILES
+    from flowvae.layout import RUN_FILES
 
     if spec.kind not in RUN_FILES:
         return [study.study_file(spec.kind)]

@@ -3,7 +3,7 @@ tuning and equal-compute stages, sweeps, every job's settings file and its targe
 
 The Snakemake workflow (``workflow/rules/common.smk``) asks this package and decides nothing
 of its own, so every rule of the study is plain Python that the tests call directly. Where
-files live: :mod:`.layout`; settings files: :mod:`.settings`; tuning and equal compute:
+files live: :mod:`flowvae.layout`; settings files: :mod:`.settings`; tuning and equal compute:
 :mod:`.tuning`; sweeps: :mod:`.sweeps`.
 
 >>> s = Study({"variants": {"standard": {"family": "gaussian"}}, "seeds": [3, 1]})
@@ -23,7 +23,7 @@ from flowvae import config as config_mod
 from flowvae import spec as spec_mod
 from flowvae.errors import ConfigError
 from flowvae.study import settings as settings_mod
-from flowvae.study.layout import MNIST_FILES, RUN_FILES, STUDY_FILES, Layout, value_folder
+from flowvae.layout import MNIST_FILES, RUN_FILES, STUDY_FILES, Layout, value_folder
 from flowvae.study.sweeps import NAME, Sweep, parse_sweep, sweep_config
 from flowvae.study.tuning import Candidate, candidates, equal_compute
 

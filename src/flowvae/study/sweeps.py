@@ -9,7 +9,7 @@ from typing import Any
 
 from flowvae import config as config_mod
 from flowvae.errors import ConfigError
-from flowvae.study.layout import value_folder
+from flowvae.layout import value_folder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SECTIONS = ("data", "model", "train", "evaluate", "variants")

@@ -10,7 +10,7 @@ from typing import Any
 
 from flowvae import config as config_mod
 from flowvae.errors import ConfigError
-from flowvae.study.layout import value_folder
+from flowvae.layout import value_folder
 
 
 @dataclass
