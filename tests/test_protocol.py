@@ -8,8 +8,8 @@ import yaml
 from conftest import REPO_ROOT
 from pipeline import QUICK, failure, flowvae, snakemake
 
-from flowvae import config as config_mod
 from flowvae import adopt, selection
+from flowvae import config as config_mod
 from flowvae.study import Study
 
 # Minutes of training and evaluation: in `make test-all` (what CI runs), not in `make test`.

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from flowvae import config as config_mod
 from flowvae import adopt, selection
+from flowvae import config as config_mod
 from flowvae.errors import ConfigError
 from flowvae.study import Study
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from flowvae import config as config_mod
 from flowvae import spec as spec_mod
 from flowvae.errors import ConfigError
-from flowvae.study import settings as settings_mod
 from flowvae.layout import MNIST_FILES, RUN_FILES, STUDY_FILES, Layout, value_folder
+from flowvae.study import settings as settings_mod
 from flowvae.study.sweeps import NAME, Sweep, parse_sweep, sweep_config
 from flowvae.study.tuning import Candidate, candidates, equal_compute
 
