@@ -251,3 +251,19 @@ def test_a_wide_posterior_outside_the_search_square_and_its_far_lobe_are_counted
     err = (out["log_px"] - exact).abs()
     assert torch.all(err <= out["bound"] + 1e-6), (err, out["bound"])
     assert torch.all(err <= 0.01) and info["images_over_tol"] == 0, err
+
+
+def test_shared_windows_equal_one_square_per_image_ring_included(monkeypatch):
+    """Each image's window of the shared lattice (midpoint, trapezoid and ring sums) gives what
+    the single square c_b h + [-n h, n h]^2 with its ring gives for that image alone; the
+    windows are cut narrow here, so that the rings hold mass that matters."""
+    x, exact = linear_gaussian_case(monkeypatch, s=0.3, n=4, seed=2)
+    spacing, half = 0.05, 8
+    center = torch.tensor([[-7, 3], [0, 0], [12, -5], [4, 9]])
+    got = quadrature.shared_windows(None, x, center, torch.full((4,), half), spacing)
+    for b in range(4):
+        c = tuple((center[b] * spacing).tolist())
+        want = reference.bounded_log_marginal(None, x[b : b + 1], half * spacing, spacing, center=c)
+        for k in ("log_px", "spacing_err", "extent_err", "bound"):
+            torch.testing.assert_close(got[k][b : b + 1], want[k], rtol=0, atol=1e-6)
+    assert got["extent_err"].min() > 1e-3  # the rings count

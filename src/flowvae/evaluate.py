@@ -180,6 +180,86 @@ def _grid_arrays(record: dict, data: dict, images: list[int], x: torch.Tensor) -
     }
 
 
+def exact_steps(model: VAE, x: torch.Tensor, ecfg: dict, images: list[int], seconds: dict):
+    """The steps of a 2-D latent space: log p(x) by quadrature (with its bound and summary),
+    the IWAE convergence check against it, and the posterior grids of ``images``."""
+    with timed(seconds, "quadrature"):
+        quad, info = quadrature.adaptive_log_marginal(
+            model, x, ecfg["quadrature_extent"], _spacing(ecfg), tol=QUAD_TOL
+        )
+    check, n_check = pd.DataFrame(columns=CHECK_COLUMNS), min(ecfg["check_images"], x.shape[0])
+    with timed(seconds, "iwae_check"):
+        if n_check:
+            check = iwae_convergence(
+                model, x[:n_check], quad["log_px"][:n_check], tuple(ecfg["check_ks"]),
+                ecfg["check_repeats"], ecfg["chunk"], ecfg["seed"],
+            )  # fmt: skip
+    with timed(seconds, "posterior_grids"):
+        grids = posterior_grids(model, x[images], ecfg["grid_extent"], ecfg["grid_points"])
+    return quad, info, check, grids
+
+
+def per_image_table(record: dict, data: dict, per_image: dict, quad: dict | None):
+    """per_image.csv: the test terms, the exact NLL with its bound, and the gap with its error."""
+    table = pd.DataFrame(
+        {
+            "variant": record["variant"],
+            "seed": record["seed"],
+            "index": np.arange(len(per_image["neg_elbo"])),
+            "label": data["test_labels"].numpy(),
+            **per_image,
+            "exact_nll": np.nan if quad is None else -quad["log_px"].cpu().numpy(),
+            "exact_nll_bound": np.nan if quad is None else quad["bound"].cpu().numpy(),
+        }
+    )
+    table["gap"] = table["neg_elbo"] - table["exact_nll"]
+    table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
+    return table
+
+
+TRAIN_KEYS = (
+    "train_seconds", "seconds_per_epoch", "epochs", "n_params", "final_train_loss",
+    "final_val_loss",
+)  # fmt: skip
+
+
+def metrics_of(record: dict, table: pd.DataFrame, info: dict, check: pd.DataFrame, extra: dict):
+    """metrics.json: means of the table, the gap statistics, the checks, the step summaries and
+    the training record's figures (``extra``: seconds and the step doubling)."""
+    exact = table["exact_nll"].notna().any()
+    iwae_check = check_summary(check)
+    gap = table["gap"].dropna()
+    return {
+        "variant": record["variant"],
+        "seed": record["seed"],
+        "family": record["summary"]["family"],
+        "n_test": len(table),
+        "test_neg_elbo": float(table["neg_elbo"].mean()),
+        "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
+        "test_rec": float(table["rec"].mean()),
+        "test_kl": float(table["kl"].mean()),
+        "test_iwae_nll": float(table["iwae_nll"].mean()),
+        "exact_nll": float(table["exact_nll"].mean()) if exact else None,
+        "exact_nll_max_bound": float(table["exact_nll_bound"].max()) if exact else None,
+        "mean_gap": None if gap.empty else float(gap.mean()),
+        "median_gap": None if gap.empty else float(gap.median()),
+        "trimmed_mean_gap": None if gap.empty else float(stats.trim_mean(gap, GAP_TRIM)),
+        "negative_gaps": int((table["gap"] < 0).sum()),
+        **extra["seconds"],
+        "elbo_rule": {
+            "points": ELBO_POINTS,
+            "replicas": ELBO_REPLICAS,
+            "max_replicas": ELBO_MAX_REPLICAS,
+            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
+        },
+        "quadrature": {k: v for k, v in info.items() if k != "grids"},
+        "iwae_check": iwae_check,
+        "checks": run_checks(table, iwae_check, info),
+        **({"step_doubling": extra["doubling"]} if extra["doubling"] else {}),
+        **{k: record["summary"][k] for k in TRAIN_KEYS},
+    }
+
+
 def evaluate(
     cfg: dict,
     model_path: Path,
@@ -203,24 +283,9 @@ def evaluate(
     seconds: dict[str, float] = {}  # CPU seconds per step (= wall seconds on an idle thread)
     wall0, t0 = time.perf_counter(), time.process_time()
     per_image = test_terms(model, x, ecfg, gen, progress, seconds)
-    exact, bound, grid_info, check = None, None, {}, pd.DataFrame(columns=CHECK_COLUMNS)
-    log_px, grids = None, {}
+    quad, info, check, grids = None, {}, pd.DataFrame(columns=CHECK_COLUMNS), {}
     if model.latent_dim == 2:
-        with timed(seconds, "quadrature"):
-            quad, grid_info = quadrature.adaptive_log_marginal(
-                model, x, ecfg["quadrature_extent"], _spacing(ecfg), tol=QUAD_TOL
-            )
-        log_px = quad["log_px"]
-        exact, bound = -log_px.cpu().numpy(), quad["bound"].cpu().numpy()
-        n_check = min(ecfg["check_images"], x.shape[0])
-        with timed(seconds, "iwae_check"):
-            if n_check:
-                check = iwae_convergence(
-                    model, x[:n_check], log_px[:n_check], tuple(ecfg["check_ks"]),
-                    ecfg["check_repeats"], ecfg["chunk"], ecfg["seed"],
-                )  # fmt: skip
-        with timed(seconds, "posterior_grids"):
-            grids = posterior_grids(model, x[images], ecfg["grid_extent"], ecfg["grid_points"])
+        quad, info, check, grids = exact_steps(model, x, ecfg, images, seconds)
     else:
         log.info("latent dimension %d: no quadrature and no posterior grids", model.latent_dim)
     with timed(seconds, "pictures"):
@@ -228,87 +293,30 @@ def evaluate(
     doubling = None
     if not model.posterior.exact_density:
         with timed(seconds, "step_doubling"):
-            doubling = step_doubling(model, x, log_px, ecfg["seed"])
-    eval_seconds = time.process_time() - t0
-    wall_seconds = time.perf_counter() - wall0
-
-    variant, seed = record["variant"], record["seed"]
-    table = pd.DataFrame(
-        {
-            "variant": variant,
-            "seed": seed,
-            "index": np.arange(x.shape[0]),
-            "label": data["test_labels"].numpy(),
-            **per_image,
-            "exact_nll": exact if exact is not None else np.nan,
-            "exact_nll_bound": bound if bound is not None else np.nan,
-        }
-    )
-    table["gap"] = table["neg_elbo"] - table["exact_nll"]
-    table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
-    summary = record["summary"]
-    iwae_check = check_summary(check)
-    checks = run_checks(table, iwae_check, grid_info)
-    gap = table["gap"].dropna()
-    metrics = {
-        "variant": variant,
-        "seed": seed,
-        "family": summary["family"],
-        "n_test": int(x.shape[0]),
-        "test_neg_elbo": float(table["neg_elbo"].mean()),
-        "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
-        "test_rec": float(table["rec"].mean()),
-        "test_kl": float(table["kl"].mean()),
-        "test_iwae_nll": float(table["iwae_nll"].mean()),
-        "exact_nll": None if exact is None else float(table["exact_nll"].mean()),
-        "exact_nll_max_bound": None if bound is None else float(bound.max()),
-        "mean_gap": None if gap.empty else float(gap.mean()),
-        "median_gap": None if gap.empty else float(gap.median()),
-        "trimmed_mean_gap": None if gap.empty else float(stats.trim_mean(gap, GAP_TRIM)),
-        "negative_gaps": int((table["gap"] < 0).sum()),
-        "eval_seconds": eval_seconds,
-        "eval_wall_seconds": wall_seconds,
+            doubling = step_doubling(
+                model, x, None if quad is None else quad["log_px"], ecfg["seed"]
+            )
+    timing = {
+        "eval_seconds": time.process_time() - t0,
+        "eval_wall_seconds": time.perf_counter() - wall0,
         "eval_seconds_per_image": seconds["elbo"] / x.shape[0],
         "seconds": seconds,
-        "elbo_rule": {
-            "points": ELBO_POINTS,
-            "replicas": ELBO_REPLICAS,
-            "max_replicas": ELBO_MAX_REPLICAS,
-            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
-        },
-        "quadrature": {k: v for k, v in grid_info.items() if k != "grids"},
-        "iwae_check": iwae_check,
-        "checks": checks,
-        **({"step_doubling": doubling} if doubling else {}),
-        **{
-            k: summary[k]
-            for k in (
-                "train_seconds",
-                "seconds_per_epoch",
-                "epochs",
-                "n_params",
-                "final_train_loss",
-                "final_val_loss",
-            )
-        },
     }
-    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pics}
+    table = per_image_table(record, data, per_image, quad)
+    metrics = metrics_of(record, table, info, check, {"seconds": timing, "doubling": doubling})
     io.write_csv(table, out_dir / "per_image.csv")
-    check.insert(0, "seed", seed)
-    check.insert(0, "variant", variant)
+    check.insert(0, "seed", record["seed"])
+    check.insert(0, "variant", record["variant"])
     io.write_csv(check, out_dir / "quadrature_check.csv")
+    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pics}
     io.write_npz(out_dir / "grid.npz", arrays)
     io.write_json(out_dir / "metrics.json", metrics)
     log.info(
-        "%s seed %d: test -ELBO %.3f, IWAE NLL %.3f, exact NLL %s",
-        variant,
-        seed,
-        metrics["test_neg_elbo"],
-        metrics["test_iwae_nll"],
-        metrics["exact_nll"],
-    )
+        "%s seed %d: test -ELBO %.3f, IWAE NLL %.3f, exact NLL %s", record["variant"],
+        record["seed"], metrics["test_neg_elbo"], metrics["test_iwae_nll"], metrics["exact_nll"],
+    )  # fmt: skip
     log.info("seconds per step: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
-    for name, c in checks.items():
+    for name, c in metrics["checks"].items():
         if not c["passed"]:
             log.warning(
                 "check %s failed: %s = %.4g, needs %s %.4g",
