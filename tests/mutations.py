@@ -110,14 +110,15 @@ MUTATIONS = [Mutation(*row) for row in [
      '"neg_elbo": rec + reg,', '"neg_elbo": rec + reg + penalty.mean(0),', FAM),
     ("iwae_no_log_k", "objectives.py", "total - math.log(k)", "total", OBJ),
     ("iwae_weight_sign", "objectives.py",
-     "model.log_prior(z) - log_q", "model.log_prior(z) + log_q", OBJ),
+     "model.log_prior(z) - log_q", "model.log_prior(z) + log_q", OBJ, 2),
     ("iwae_chunks_max_not_logaddexp", "objectives.py",
      "torch.logaddexp(total,", "torch.maximum(total,", OBJ),
     ("iwae_mean_not_logsumexp", "objectives.py",
      "torch.logsumexp(log_w, dim=0)", "(log_w.mean(0) + math.log(n))", OBJ),
-    # quadrature: log p(x) = logsumexp_g log p(x, z_g) + log(cell area)
+    # quadrature: log p(x) = log sum_g w_g p(x, z_g) + log(cell area)
     ("quad_cell_area_factor", "quadrature.py", "2 * math.log(h)", "math.log(h)", QUAD),
-    ("quad_no_cell_area", "quadrature.py", "total + log_area", "total", QUAD),
+    ("quad_no_cell_area", "quadrature.py",
+     "self.top + torch.log(self.s0) + log_area", "self.top + torch.log(self.s0)", QUAD),
     ("quad_grid_endpoints", "quadrature.py",
      "-extent + h / 2, extent - h / 2", "-extent, extent", QUAD),
     ("quad_bernoulli_sign", "quadrature.py",
@@ -137,6 +138,11 @@ MUTATIONS = [Mutation(*row) for row in [
     ("quad_shared_ring_dropped", "quadrature.py",
      "outer.add(rows, lj.masked_fill(~in_ring, -math.inf), z)",
      "outer.add(rows, lj.masked_fill(in_ring | ~in_ring, -math.inf), z)", QUAD),
+    # the evaluation's -ELBO: GH(f) + E[f - c], c interpolating f at the Gauss-Hermite nodes
+    ("elbo_control_basis_off_nodes", "elbo.py",
+     "1 - e**2 / 3", "1 - e**2 / 2", ("test_evaluate.py",)),
+    ("elbo_control_mean_dropped", "elbo.py",
+     'anchor[k + "_gh"] + weights @ (v', "weights @ (v", ("test_evaluate.py",)),
     # COT-Flow: dz/dt = -grad Phi, d l/dt = -tr Hess Phi (closed form), RK4, penalty L and R
     ("cotflow_trace_half", "posteriors/cotflow.py", "-trace", "-0.5 * trace", FAM, 2),
     ("cotflow_trace_no_quadratic", "posteriors/cotflow.py",

@@ -9,8 +9,8 @@ grid of z for chosen test images, reconstructions and prior samples.
 from __future__ import annotations
 
 import logging
-import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,90 +21,35 @@ from tqdm import tqdm
 
 from flowvae import data as data_mod
 from flowvae import io, quadrature
+from flowvae.checks import CHECK_COLUMNS, QUAD_TOL, check_summary, run_checks
+from flowvae.elbo import (
+    BATCH,
+    ELBO_MAX_REPLICAS,
+    ELBO_POINTS,
+    ELBO_REPLICAS,
+    adaptive_elbo,
+    base_points,
+    elbo_rule,
+)
 from flowvae.errors import ConfigError
 from flowvae.modelfile import TrainedModel, check_key, load_model, pick_device
-from flowvae.objectives import iwae_nll
+from flowvae.objectives import iwae_convergence, iwae_nll
 from flowvae.spec import EvaluateSpec, RunSpec
 from flowvae.vae import VAE
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
-ELBO_POINTS = 32  # scrambled Sobol points per replica of the per-image ELBO
-ELBO_REPLICAS = 8  # replicas per round (the standard error has ELBO_REPLICAS - 1 dof)
-ELBO_MAX_REPLICAS = 1024  # the few images with a rough integrand get up to 32768 points
-CHECK_COLUMNS = ["image", "k", "iwae", "stderr", "log_px", "excess"]
-CHECK_TOL = 0.01  # nats: float32 round-off of a log-sum-exp over ~1e5 terms near -100
-ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO
-QUAD_TOL = 0.01  # nats: largest per-image quadrature bound on log p(x)
 GAP_TRIM = 0.05  # fraction cut from each end for the trimmed mean gap
 
 
-def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32, dim: int = 2):
-    """Points eps (M, dim) and weights (M,) for E_{eps ~ N(0, I)}[f(eps)] ~= sum_m w_m f(eps_m).
-
-    "gh": the n x n product Gauss-Hermite rule (probabilists' nodes; M = n^2; dim 2 only).
-    "sobol": n scrambled Sobol points (seed = the scrambling) mapped by the normal inverse CDF,
-    equal weights: one randomized quasi-Monte Carlo replica, unbiased for every f.
-    """
-    if rule == "gh":
-        if dim != 2:
-            raise ValueError("the Gauss-Hermite rule here is 2-D only")
-        t, w = np.polynomial.hermite_e.hermegauss(n)
-        t, w = torch.as_tensor(t, dtype=dtype), torch.as_tensor(w / w.sum(), dtype=dtype)
-        e2, e1 = torch.meshgrid(t, t, indexing="ij")
-        eps = torch.stack([e1.reshape(-1), e2.reshape(-1)], -1)
-        return eps, (w[:, None] * w[None, :]).reshape(-1)
-    engine = torch.quasirandom.SobolEngine(dim, scramble=True, seed=seed)
-    u = engine.draw(n, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-    eps = (math.sqrt(2) * torch.erfinv(2 * u - 1)).to(dtype)
-    return eps, torch.full((n,), 1.0 / n, dtype=dtype)
-
-
-@torch.no_grad()
-def elbo_rule(
-    model: VAE, x: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Per-image ELBO terms by a rule (eps (M, d), weights (M,)) in the base space of q.
-
-    With z = T(mu + sigma eps; h) and eps ~ N(0, I), log q(z|x) = log N(eps) - sum log sigma
-    - log|det dT|, so
-
-        ELBO = E_eps[log p(x|z) + log p(z) + log|det dT|] + H
-        H = sum_i log sigma_i + d (1 + log 2 pi) / 2
-
-    (the entropy of the base Gaussian in closed form). Only the forward map T is used, so any
-    family works.
-    """
-    eps, weights = eps.to(x.device, x.dtype), weights.to(x.device, x.dtype)
-    mu, log_sigma, h = model.encode(x)
-    z0 = mu + torch.exp(log_sigma) * eps[:, None, :]  # (M, B, d)
-    h_flat = None if h is None else h.expand(eps.shape[0], *h.shape).reshape(-1, h.shape[-1])
-    z, logdet = model.posterior.transform(z0.reshape(-1, z0.shape[-1]), h_flat)
-    z, logdet = z.reshape(z0.shape), logdet.reshape(z0.shape[:-1])
-    entropy = log_sigma.sum(-1) + 0.5 * model.latent_dim * (1 + math.log(2 * math.pi))
-    rec = -(weights @ model.log_likelihood(x, z))
-    reg = -(weights @ (model.log_prior(z) + logdet)) - entropy
-    return {"neg_elbo": rec + reg, "rec": rec, "reg": reg}
-
-
-@torch.no_grad()
-def rqmc_elbo(
-    model: VAE, x: torch.Tensor, points: int, replicas: int, seed: int
-) -> dict[str, torch.Tensor]:
-    """-ELBO and its terms per image by randomized QMC, with a standard error per image.
-
-    Error model: each of ``replicas`` independent scramblings of ``points`` Sobol points gives
-    an unbiased estimate of every term; the result is their mean and ``neg_elbo_err`` their
-    standard deviation / sqrt(replicas) (a standard error with replicas - 1 degrees of freedom).
-    """
-    reps = [
-        elbo_rule(model, x, *base_points("sobol", points, seed + r, x.dtype, model.latent_dim))
-        for r in range(replicas)
-    ]
-    out = {k: torch.stack([r[k] for r in reps]).mean(0) for k in reps[0]}
-    out["neg_elbo_err"] = torch.stack([r["neg_elbo"] for r in reps]).std(0) / math.sqrt(replicas)
-    return out
+@contextmanager
+def timed(seconds: dict[str, float], step: str):
+    """Add the CPU seconds of the block to ``seconds[step]`` (= wall seconds on an idle thread)."""
+    t0 = time.process_time()
+    try:
+        yield
+    finally:
+        seconds[step] = seconds.get(step, 0.0) + time.process_time() - t0
 
 
 @torch.no_grad()
@@ -114,18 +59,16 @@ def test_terms(
     ecfg: EvaluateSpec,
     gen: torch.Generator,
     progress: bool,
-    seconds: dict[str, float],
+    seconds: dict,
 ) -> dict[str, np.ndarray]:
     """Per image: -ELBO and its terms with a standard error (``adaptive_elbo``), IWAE NLL."""
-    t0 = time.process_time()
-    out = adaptive_elbo(model, x, ecfg.seed, progress)
-    seconds["elbo"] = time.process_time() - t0
-    t0 = time.process_time()
-    iwae = [
-        iwae_nll(model, x[i : i + BATCH], ecfg.iwae_k, ecfg.chunk, gen)
-        for i in tqdm(range(0, x.shape[0], BATCH), desc="IWAE", disable=not progress)
-    ]
-    seconds["iwae"] = time.process_time() - t0
+    with timed(seconds, "elbo"):
+        out = adaptive_elbo(model, x, ecfg.seed, progress)
+    with timed(seconds, "iwae"):
+        iwae = [
+            iwae_nll(model, x[i : i + BATCH], ecfg.iwae_k, ecfg.chunk, gen)
+            for i in tqdm(range(0, x.shape[0], BATCH), desc="IWAE", disable=not progress)
+        ]
     return {
         "neg_elbo": out["neg_elbo"].cpu().numpy(),
         "neg_elbo_err": out["neg_elbo_err"].cpu().numpy(),
@@ -134,38 +77,6 @@ def test_terms(
         "kl": out["reg"].cpu().numpy(),
         "iwae_nll": torch.cat(iwae).cpu().numpy(),
     }
-
-
-@torch.no_grad()
-def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False) -> dict:
-    """``rqmc_elbo`` with ELBO_REPLICAS replicas of ELBO_POINTS points per image, then more
-    replicas (ELBO_REPLICAS at a time, up to ELBO_MAX_REPLICAS) for the images whose standard
-    error still exceeds ELBO_TOL * 0.8; every replica of an image uses its own scrambling."""
-    # float64 sums: the variance of ~0.05-nat replica spreads around values of ~100 nats is
-    # lost to cancellation in float32 sums of squares (it came out 0 or quantized)
-    sums: dict[str, torch.Tensor] = {}
-    sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    count = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    todo = torch.arange(x.shape[0], device=x.device)
-    r0 = 0
-    while todo.numel() and r0 < ELBO_MAX_REPLICAS:
-        for i in tqdm(range(0, todo.numel(), BATCH), desc="ELBO", disable=not progress):
-            idx = todo[i : i + BATCH]
-            for r in range(r0, r0 + ELBO_REPLICAS):
-                rule = base_points("sobol", ELBO_POINTS, seed + r, dim=model.latent_dim)
-                terms = elbo_rule(model, x[idx], *rule)
-                for k, v in terms.items():
-                    sums.setdefault(k, torch.zeros_like(sq)).index_add_(0, idx, v.double())
-                sq.index_add_(0, idx, terms["neg_elbo"].double() ** 2)
-                count[idx] += 1
-        r0 += ELBO_REPLICAS
-        mean = sums["neg_elbo"] / count
-        var = (sq / count - mean**2).clamp(min=0) * count / (count - 1)
-        err = (var / count).sqrt()
-        todo = (err > 0.8 * ELBO_TOL).nonzero()[:, 0]
-    out = {k: (v / count).to(x.dtype) for k, v in sums.items()}
-    out["neg_elbo_err"], out["replicas"] = err.to(x.dtype), count.to(x.dtype)
-    return out
 
 
 STEP_IMAGES = 500  # test images of the step-doubling measurement (ODE families)
@@ -248,107 +159,6 @@ def pictures(model: VAE, x: torch.Tensor, gen: torch.Generator, n_recon=16, n_sa
     }
 
 
-def _check_summary(check: pd.DataFrame) -> dict:
-    """Largest K: mean log p(x) - IWAE; over all K: the largest excess of IWAE over log p(x)."""
-    if check.empty:
-        return {}
-    top = check[check["k"] == check["k"].max()]
-    z = check["excess"] / check["stderr"].clip(lower=1e-12)
-    worst = check.loc[(check["excess"] - 3 * check["stderr"]).idxmax()]
-    return {
-        "k_max": int(top["k"].iloc[0]),
-        "mean_gap_at_k_max": float(-top["excess"].mean()),
-        "max_excess_nats": float(check["excess"].max()),
-        "max_excess_in_stderr": float(z.max()),
-        # a bound may exceed log p(x) only by its noise: 3 standard errors + float32 round-off
-        "max_excess_beyond_noise": float((check["excess"] - 3 * check["stderr"]).max()),
-        "bound_below_log_px": bool((check["excess"] <= 3 * check["stderr"] + CHECK_TOL).all()),
-        "worst": (
-            f"image {int(worst['image'])} at K = {int(worst['k'])}: excess "
-            f"{worst['excess']:.4g} nats, standard error {worst['stderr']:.3g}"
-        ),
-    }
-
-
-def _check(value: float, threshold: float, op: str, what: str, why: str = "") -> dict:
-    """One check: passed when ``value op threshold`` (op '<=' or '>='); ``why`` names the
-    images behind the value (the summary prints it when the check fails)."""
-    passed = value <= threshold if op == "<=" else value >= threshold
-    return {
-        "value": value,
-        "threshold": threshold,
-        "op": op,
-        "passed": bool(passed),
-        "what": what,
-        "why": why,
-    }
-
-
-def run_checks(table: pd.DataFrame, iwae_check: dict, quad: dict | None = None) -> dict[str, dict]:
-    """Every check of one evaluation: name -> value, threshold, op, passed, what it means, and
-    why (which images, what limit they reached)."""
-    over = table[table["neg_elbo_err"] > ELBO_TOL]
-    capped = int((over["neg_elbo_replicas"] >= ELBO_MAX_REPLICAS).sum())
-    worst = table.loc[table["neg_elbo_err"].idxmax()]
-    checks = {
-        "elbo_error": _check(
-            float(table["neg_elbo_err"].max()),
-            ELBO_TOL,
-            "<=",
-            "largest per-image -ELBO error",
-            f"{len(over)} images over {ELBO_TOL} nats, {capped} of them at the cap of "
-            f"{ELBO_MAX_REPLICAS} replicas of {ELBO_POINTS} points; worst image "
-            f"{int(worst['index'])} (error {worst['neg_elbo_err']:.4g} after "
-            f"{int(worst['neg_elbo_replicas'])} replicas)",
-        ),
-        "bounds_ordered": _check(
-            float(table["neg_elbo"].mean() - table["iwae_nll"].mean()),
-            -CHECK_TOL,
-            ">=",
-            "mean -ELBO minus mean IWAE NLL",
-        ),
-    }
-    if table["exact_nll"].notna().any():
-        q = {"max_levels": "?", "worst_image": "?", **(quad or {})}
-        spacing_err, extent_err, step = (
-            q.get(k, math.nan) for k in ("worst_spacing_err", "worst_extent_err", "worst_spacing")
-        )
-        checks["quadrature_bound"] = _check(
-            float(table["exact_nll_bound"].max()),
-            QUAD_TOL,
-            "<=",
-            "largest per-image bound",
-            f"{int((table['exact_nll_bound'] > QUAD_TOL).sum())} images over {QUAD_TOL} nats "
-            f"after {q['max_levels']} refinement levels; worst image {q['worst_image']} "
-            f"(spacing error {spacing_err:.3g}, extent error {extent_err:.3g}, smallest "
-            f"spacing {step:.3g})",
-        )
-        low = table.loc[(table["gap"] + table["gap_err"]).idxmin()]
-        checks["gap_nonnegative"] = _check(
-            float((table["gap"] + table["gap_err"]).min()),
-            0.0,
-            ">=",
-            "smallest gap plus its error",
-            f"image {int(low['index'])}: gap {low['gap']:.4g}, -ELBO error "
-            f"{low['neg_elbo_err']:.3g}, quadrature bound {low['exact_nll_bound']:.3g}",
-        )
-        checks["iwae_above_exact"] = _check(
-            float(table["iwae_nll"].mean() - table["exact_nll"].mean()),
-            -CHECK_TOL,
-            ">=",
-            "mean IWAE NLL minus mean exact NLL",
-        )
-    if iwae_check:
-        checks["iwae_below_log_px"] = _check(
-            iwae_check["max_excess_beyond_noise"],
-            CHECK_TOL,
-            "<=",
-            f"largest IWAE excess over log p(x) beyond 3 SE, K <= {iwae_check['k_max']}",
-            iwae_check.get("worst", ""),
-        )
-    return checks
-
-
 def _spacing(ecfg: EvaluateSpec) -> float | None:
     """Starting quadrature spacing: from quadrature_points when extent and points are set."""
     if ecfg.quadrature_extent is None or ecfg.quadrature_points is None:
@@ -357,24 +167,110 @@ def _spacing(ecfg: EvaluateSpec) -> float | None:
 
 
 def _load(spec: RunSpec, model_path: Path, data_path: Path):
-    """Thread count, device, the trained model (checked to have ``spec``'s training key) and
-    the prepared data (checked to have its data key)."""
+    """Thread count, device, the trained model (checked to have ``spec``'s training key, with
+    its record: variant, seed, the training summary and family) and the prepared data (checked
+    to have the spec's data key)."""
     torch.set_num_threads(spec.evaluate.threads)
     device = pick_device(spec.train.device)
-    trained = load_model(model_path, device)
+    trained: TrainedModel = load_model(model_path, device)
     check_key(trained, spec, model_path)
-    return trained, data_mod.load_prepared(data_path, spec.data), device
+    record = {
+        "variant": spec.variant,
+        "seed": spec.seed,
+        "summary": {**trained.summary, "family": spec.posterior.family},
+    }
+    return trained.model, record, data_mod.load_prepared(data_path, spec.data), device
 
 
-def _grid_arrays(trained: TrainedModel, data: dict, images: list[int], x: torch.Tensor) -> dict:
+def _grid_arrays(record: dict, data: dict, images: list[int], x: torch.Tensor) -> dict:
     """The identification and image part of a grid file, for test positions ``images``."""
     return {
-        "variant": np.array(trained.spec.variant),
-        "seed": np.array(trained.spec.seed),
-        "family": np.array(trained.spec.posterior.family),
+        "variant": np.array(record["variant"]),
+        "seed": np.array(record["seed"]),
+        "family": np.array(record["summary"]["family"]),
         "images": x.cpu().numpy(),
         "image_index": np.array(images),
         "labels": data["test_labels"][images].numpy(),
+    }
+
+
+def exact_steps(model: VAE, x: torch.Tensor, ecfg: EvaluateSpec, images: list[int], seconds: dict):
+    """The steps of a 2-D latent space: log p(x) by quadrature (with its bound and summary),
+    the IWAE convergence check against it, and the posterior grids of ``images``."""
+    with timed(seconds, "quadrature"):
+        quad, info = quadrature.adaptive_log_marginal(
+            model, x, ecfg.quadrature_extent, _spacing(ecfg), tol=QUAD_TOL
+        )
+    check, n_check = pd.DataFrame(columns=CHECK_COLUMNS), min(ecfg.check_images, x.shape[0])
+    with timed(seconds, "iwae_check"):
+        if n_check:
+            check = iwae_convergence(
+                model, x[:n_check], quad["log_px"][:n_check], tuple(ecfg.check_ks),
+                ecfg.check_repeats, ecfg.chunk, ecfg.seed,
+            )  # fmt: skip
+    with timed(seconds, "posterior_grids"):
+        grids = posterior_grids(model, x[images], ecfg.grid_extent, ecfg.grid_points)
+    return quad, info, check, grids
+
+
+def per_image_table(record: dict, data: dict, per_image: dict, quad: dict | None):
+    """per_image.csv: the test terms, the exact NLL with its bound, and the gap with its error."""
+    table = pd.DataFrame(
+        {
+            "variant": record["variant"],
+            "seed": record["seed"],
+            "index": np.arange(len(per_image["neg_elbo"])),
+            "label": data["test_labels"].numpy(),
+            **per_image,
+            "exact_nll": np.nan if quad is None else -quad["log_px"].cpu().numpy(),
+            "exact_nll_bound": np.nan if quad is None else quad["bound"].cpu().numpy(),
+        }
+    )
+    table["gap"] = table["neg_elbo"] - table["exact_nll"]
+    table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
+    return table
+
+
+TRAIN_KEYS = (
+    "train_seconds", "seconds_per_epoch", "epochs", "n_params", "final_train_loss",
+    "final_val_loss",
+)  # fmt: skip
+
+
+def metrics_of(record: dict, table: pd.DataFrame, info: dict, check: pd.DataFrame, extra: dict):
+    """metrics.json: means of the table, the gap statistics, the checks, the step summaries and
+    the training record's figures (``extra``: seconds and the step doubling)."""
+    exact = table["exact_nll"].notna().any()
+    iwae_check = check_summary(check)
+    gap = table["gap"].dropna()
+    return {
+        "variant": record["variant"],
+        "seed": record["seed"],
+        "family": record["summary"]["family"],
+        "n_test": len(table),
+        "test_neg_elbo": float(table["neg_elbo"].mean()),
+        "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
+        "test_rec": float(table["rec"].mean()),
+        "test_kl": float(table["kl"].mean()),
+        "test_iwae_nll": float(table["iwae_nll"].mean()),
+        "exact_nll": float(table["exact_nll"].mean()) if exact else None,
+        "exact_nll_max_bound": float(table["exact_nll_bound"].max()) if exact else None,
+        "mean_gap": None if gap.empty else float(gap.mean()),
+        "median_gap": None if gap.empty else float(gap.median()),
+        "trimmed_mean_gap": None if gap.empty else float(stats.trim_mean(gap, GAP_TRIM)),
+        "negative_gaps": int((table["gap"] < 0).sum()),
+        **extra["seconds"],
+        "elbo_rule": {
+            "points": ELBO_POINTS,
+            "replicas": ELBO_REPLICAS,
+            "max_replicas": ELBO_MAX_REPLICAS,
+            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
+        },
+        "quadrature": {k: v for k, v in info.items() if k != "grids"},
+        "iwae_check": iwae_check,
+        "checks": run_checks(table, iwae_check, info),
+        **({"step_doubling": extra["doubling"]} if extra["doubling"] else {}),
+        **{k: record["summary"][k] for k in TRAIN_KEYS},
     }
 
 
@@ -385,8 +281,7 @@ def evaluate(
 
     metrics.json records the evaluation's key (``spec.key("evaluate")``)."""
     ecfg = spec.evaluate
-    trained, data, device = _load(spec, model_path, data_path)
-    model = trained.model
+    model, record, data, device = _load(spec, model_path, data_path)
     x = data["test"].to(device)
     images = list(ecfg.images)
     if max(images) >= x.shape[0]:
@@ -399,128 +294,39 @@ def evaluate(
     seconds: dict[str, float] = {}  # CPU seconds per step (= wall seconds on an idle thread)
     wall0, t0 = time.perf_counter(), time.process_time()
     per_image = test_terms(model, x, ecfg, gen, progress, seconds)
-    exact, bound, grid_info, check = None, None, {}, pd.DataFrame(columns=CHECK_COLUMNS)
-    grids: dict = {}
+    quad, info, check, grids = None, {}, pd.DataFrame(columns=CHECK_COLUMNS), {}
     if model.latent_dim == 2:
-        t1 = time.process_time()
-        quad, grid_info = quadrature.adaptive_log_marginal(
-            model, x, ecfg.quadrature_extent, _spacing(ecfg), tol=QUAD_TOL
-        )
-        log_px = quad["log_px"]
-        exact, bound = -log_px.cpu().numpy(), quad["bound"].cpu().numpy()
-        seconds["quadrature"] = time.process_time() - t1
-        t1 = time.process_time()
-        n_check = min(ecfg.check_images, x.shape[0])
-        if n_check:
-            check = quadrature.iwae_convergence(
-                model,
-                x[:n_check],
-                log_px[:n_check],
-                tuple(ecfg.check_ks),
-                ecfg.check_repeats,
-                ecfg.chunk,
-                ecfg.seed,
-            )
-        seconds["iwae_check"] = time.process_time() - t1
-        t1 = time.process_time()
-        grids = posterior_grids(model, x[images], ecfg.grid_extent, ecfg.grid_points)
-        seconds["posterior_grids"] = time.process_time() - t1
+        quad, info, check, grids = exact_steps(model, x, ecfg, images, seconds)
     else:
         log.info("latent dimension %d: no quadrature and no posterior grids", model.latent_dim)
-    t1 = time.process_time()
-    pics = pictures(model, x, gen)
-    seconds["pictures"] = time.process_time() - t1
+    with timed(seconds, "pictures"):
+        pics = pictures(model, x, gen)
     doubling = None
     if not model.posterior.exact_density:
-        t1 = time.process_time()
-        doubling = step_doubling(
-            model,
-            x,
-            None if exact is None else -torch.as_tensor(exact, device=x.device, dtype=x.dtype),
-            ecfg.seed,
-        )
-        seconds["step_doubling"] = time.process_time() - t1
-    eval_seconds = time.process_time() - t0
-    wall_seconds = time.perf_counter() - wall0
-
-    variant, seed = spec.variant, spec.seed
-    table = pd.DataFrame(
-        {
-            "variant": variant,
-            "seed": seed,
-            "index": np.arange(x.shape[0]),
-            "label": data["test_labels"].numpy(),
-            **per_image,
-            "exact_nll": exact if exact is not None else np.nan,
-            "exact_nll_bound": bound if bound is not None else np.nan,
-        }
-    )
-    table["gap"] = table["neg_elbo"] - table["exact_nll"]
-    table["gap_err"] = table["neg_elbo_err"] + table["exact_nll_bound"]
-    summary = trained.summary
-    iwae_check = _check_summary(check)
-    checks = run_checks(table, iwae_check, grid_info)
-    gap = table["gap"].dropna()
-    metrics = {
-        "variant": variant,
-        "seed": seed,
-        "family": spec.posterior.family,
-        "key": spec.key("evaluate"),
-        "n_test": int(x.shape[0]),
-        "test_neg_elbo": float(table["neg_elbo"].mean()),
-        "test_neg_elbo_max_err": float(table["neg_elbo_err"].max()),
-        "test_rec": float(table["rec"].mean()),
-        "test_kl": float(table["kl"].mean()),
-        "test_iwae_nll": float(table["iwae_nll"].mean()),
-        "exact_nll": None if exact is None else float(table["exact_nll"].mean()),
-        "exact_nll_max_bound": None if bound is None else float(bound.max()),
-        "mean_gap": None if gap.empty else float(gap.mean()),
-        "median_gap": None if gap.empty else float(gap.median()),
-        "trimmed_mean_gap": None if gap.empty else float(stats.trim_mean(gap, GAP_TRIM)),
-        "negative_gaps": int((table["gap"] < 0).sum()),
-        "eval_seconds": eval_seconds,
-        "eval_wall_seconds": wall_seconds,
+        with timed(seconds, "step_doubling"):
+            doubling = step_doubling(model, x, None if quad is None else quad["log_px"], ecfg.seed)
+    timing = {
+        "eval_seconds": time.process_time() - t0,
+        "eval_wall_seconds": time.perf_counter() - wall0,
         "eval_seconds_per_image": seconds["elbo"] / x.shape[0],
         "seconds": seconds,
-        "elbo_rule": {
-            "points": ELBO_POINTS,
-            "replicas": ELBO_REPLICAS,
-            "max_replicas": ELBO_MAX_REPLICAS,
-            "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
-        },
-        "quadrature": {k: v for k, v in grid_info.items() if k != "grids"},
-        "iwae_check": iwae_check,
-        "checks": checks,
-        **({"step_doubling": doubling} if doubling else {}),
-        **{
-            k: summary[k]
-            for k in (
-                "train_seconds",
-                "seconds_per_epoch",
-                "epochs",
-                "n_params",
-                "final_train_loss",
-                "final_val_loss",
-            )
-        },
     }
-    arrays = {**_grid_arrays(trained, data, images, x[images]), **grids, **pics}
+    table = per_image_table(record, data, per_image, quad)
+    metrics = metrics_of(record, table, info, check, {"seconds": timing, "doubling": doubling})
+    metrics = {"key": spec.key("evaluate"), **metrics}
     io.write_csv(table, out_dir / "per_image.csv")
-    check.insert(0, "seed", seed)
-    check.insert(0, "variant", variant)
+    check.insert(0, "seed", record["seed"])
+    check.insert(0, "variant", record["variant"])
     io.write_csv(check, out_dir / "quadrature_check.csv")
+    arrays = {**_grid_arrays(record, data, images, x[images]), **grids, **pics}
     io.write_npz(out_dir / "grid.npz", arrays)
     io.write_json(out_dir / "metrics.json", metrics)
     log.info(
-        "%s seed %d: test -ELBO %.3f, IWAE NLL %.3f, exact NLL %s",
-        variant,
-        seed,
-        metrics["test_neg_elbo"],
-        metrics["test_iwae_nll"],
-        metrics["exact_nll"],
-    )
+        "%s seed %d: test -ELBO %.3f, IWAE NLL %.3f, exact NLL %s", record["variant"],
+        record["seed"], metrics["test_neg_elbo"], metrics["test_iwae_nll"], metrics["exact_nll"],
+    )  # fmt: skip
     log.info("seconds per step: %s", ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
-    for name, c in checks.items():
+    for name, c in metrics["checks"].items():
         if not c["passed"]:
             log.warning(
                 "check %s failed: %s = %.4g, needs %s %.4g",
@@ -538,8 +344,7 @@ def gap_grids(
     file has the layout of grid.npz, so the same figures read it. Returns the image positions.
     """
     ecfg = spec.evaluate
-    trained, data, device = _load(spec, model_path, data_path)
-    model = trained.model
+    model, record, data, device = _load(spec, model_path, data_path)
     if model.latent_dim != 2:
         raise ConfigError("config key 'model.latent_dim': the gap grids need a 2-D latent space")
     table = pd.read_csv(reference)
@@ -548,6 +353,6 @@ def gap_grids(
     images = [int(i) for i in table.nlargest(top, "gap")["index"]]
     x = data["test"].to(device)[images]
     grids = posterior_grids(model, x, ecfg.grid_extent, ecfg.grid_points)
-    io.write_npz(out, {**_grid_arrays(trained, data, images, x), **grids})
-    log.info("%s: grids of the %d largest-gap images %s", spec.variant, top, images)
+    io.write_npz(out, {**_grid_arrays(record, data, images, x), **grids})
+    log.info("%s: grids of the %d largest-gap images %s", record["variant"], top, images)
     return images

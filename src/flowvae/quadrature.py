@@ -1,9 +1,11 @@
-"""Exact evaluation in a 2-D latent space by quadrature on a grid of z (midpoint rule).
+"""Exact evaluation in a 2-D latent space by quadrature on lattices of z, with a bound per image.
 
-    log p(x) ~= logsumexp_g [ log p(x|z_g) + log p(z_g) ] + log(cell area)
+    log p(x) ~= log sum_g w_g p(x|z_g) p(z_g) + log(cell area)
 
-The decoder runs once per grid point; log p(x|z_g) = x . l_g - sum_j softplus(l_gj) for the
-whole test set is one matrix product X L^T, accumulated over grid chunks by log-sum-exp.
+On a lattice shared by all images the decoder runs once per node, and log p(x|z_g) =
+x . l_g - sum_j softplus(l_gj) for all images is one matrix product X L^T; an image whose
+peak the shared lattice does not resolve gets windows of its own spacing
+(``adaptive_log_marginal``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from flowvae.vae import VAE
 
 log = logging.getLogger(__name__)
 
-MIN_N_EFF = 4 * math.pi  # lattice points under a peak of width h (see bounded_log_marginal)
+MIN_N_EFF = 4 * math.pi  # lattice points under a peak of width h (see _bound)
 MAX_ELEMENTS = 2**23  # entries of the (images x points) and (points x pixels) blocks: 32 MiB each
 WINDOW_POINTS = 2**20  # a refinement window's points per part (its moments are summed by parts)
 
@@ -55,34 +57,6 @@ def log_joint_paired(model: VAE, x: torch.Tensor, z: torch.Tensor) -> torch.Tens
     return torch.cat(blocks, 1)
 
 
-@torch.no_grad()
-def log_marginal(model: VAE, x: torch.Tensor, extent: float, points: int) -> torch.Tensor:
-    """log p(x) per image (N,) on a points x points grid over [-extent, extent]^2."""
-    z, _, log_area = latent_grid(extent, points, device=x.device, dtype=x.dtype)
-    step = max(1, MAX_ELEMENTS // max(x.shape[0], x.shape[1]))  # bounds both blocks
-    total = torch.full((x.shape[0],), -math.inf, device=x.device, dtype=x.dtype)
-    for i in range(0, z.shape[0], step):
-        total = torch.logaddexp(total, torch.logsumexp(log_joint(model, x, z[i : i + step]), dim=1))
-    return total + log_area
-
-
-@torch.no_grad()
-def _lattice_log_sum(
-    model: VAE, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, log_area: float
-) -> dict[str, torch.Tensor]:
-    """Over the points z (G, 2) with log weights log_w, per image (N,):
-
-    log_sum = log sum_g w_g p(x_i, z_g) * area; n_eff = (sum_g w_g p_g)^2 / sum_g (w_g p_g)^2
-    (lattice points under the peak); mean (N, 2) and sd (N, 2) of z under the weights w_g p_g.
-    """
-    step = max(1, MAX_ELEMENTS // max(x.shape[0], x.shape[1]))
-    sums, rows = _Sums(x.shape[0], x), torch.arange(x.shape[0], device=x.device)
-    for i in range(0, z.shape[0], step):
-        zc = z[i : i + step]
-        sums.add(rows, log_joint(model, x, zc) + log_w[i : i + step], zc)
-    return sums.result(log_area)
-
-
 def lattice(
     extent: float,
     spacing: float,
@@ -116,45 +90,23 @@ def lattice(
     return z.to(device, dtype), log_w.to(device, dtype)
 
 
-@torch.no_grad()
-def bounded_log_marginal(
-    model: VAE,
-    x: torch.Tensor,
-    extent: float,
-    spacing: float,
-    ring: float | None = None,
-    center: tuple[float, float] = (0.0, 0.0),
-) -> dict[str, torch.Tensor]:
-    """log p(x) per image with a per-image error bound, on one lattice of spacing h.
-
-    Three sums of p(x, z) h^2: A by the midpoint rule and A' by the trapezoid rule on the
-    square c + [-E, E]^2 (nodes shifted by h/2), R by the midpoint rule on the ring around it,
-    E < max|z_i - c_i| <= E + ring (ring = E / 4 unless given).
+def _bound(mid: dict, trapezoid: torch.Tensor, ring: torch.Tensor) -> dict[str, torch.Tensor]:
+    """log p(x) per image with its error bound from three sums of p(x, z) h^2 (``Sums``): A by
+    the midpoint rule and A' by the trapezoid rule on the square c + [-E, E]^2 (nodes shifted
+    by h/2), R by the midpoint rule on the ring around it, E < max|z_i - c_i| <= E + ring.
 
         log p(x) ~= log((A + A') / 2 + R)
         spacing error <= |log A - log A'|   (the two rules' leading errors have opposite signs,
                                              so their mean lies between them)
         extent error  <= log(1 + R / (A + A')/2)  (mass beyond E + ring assumed below the mass
-                                             in the ring, i.e. tails that decay outward)
+                                             in the ring: tails that decay outward, which holds
+                                             once the square holds the image's search box)
 
-    The spacing estimate can miss a peak narrower than h (both rules alias alike), so the
-    effective number of lattice points n_eff = (sum p)^2 / sum p^2 is returned too: a
-    Gaussian peak of width sigma has n_eff ~= 4 pi sigma^2 / h^2, and for sigma >= h the
-    midpoint rule's relative error is below 2 exp(-2 pi^2) ~= 5e-9.
-
-    Returns log_px, spacing_err, extent_err, bound = spacing_err + extent_err and n_eff (N,).
-    """
-    ring = ring or max(spacing, round(extent / 4 / spacing) * spacing)
-    kw, h2 = {"device": x.device, "dtype": x.dtype, "center": center}, 2 * math.log(spacing)
-    mid = _lattice_log_sum(model, x, *lattice(extent, spacing, **kw), h2)
-    a2 = _lattice_log_sum(model, x, *lattice(extent, spacing, "trapezoid", **kw), h2)["log_sum"]
-    r = _lattice_log_sum(model, x, *lattice(extent + ring, spacing, inner=extent, **kw), h2)
-    return _bound(mid, a2, r["log_sum"])
-
-
-def _bound(mid: dict, trapezoid: torch.Tensor, ring: torch.Tensor) -> dict[str, torch.Tensor]:
-    """log p(x) = log((A + A') / 2 + R) and its spacing and extent errors (bounded_log_marginal)
-    from the midpoint sums (with n_eff and moments), the trapezoid sums and the ring sums."""
+    The spacing estimate can miss a peak narrower than h (both rules alias alike), so n_eff =
+    (sum p)^2 / sum p^2 comes with it: a Gaussian peak of width sigma has n_eff ~= 4 pi
+    sigma^2 / h^2, and for sigma >= h the midpoint rule's relative error is below
+    2 exp(-2 pi^2) ~= 5e-9. Returns log_px, spacing_err, extent_err, bound (their sum), n_eff
+    and the midpoint moments mean and sd (N,) or (N, 2)."""
     inner = torch.logaddexp(mid["log_sum"], trapezoid) - math.log(2)
     log_px = torch.logaddexp(inner, ring)
     spacing_err, extent_err = (mid["log_sum"] - trapezoid).abs(), log_px - inner
@@ -180,41 +132,25 @@ def _window_sums(
 ) -> dict[str, torch.Tensor]:
     """Per image b, a product rule on its own window c_b + [-n h_b, n h_b] (spacing h_b per
     axis; with inner, only the ring beyond inner h_b): log sum_p w_p p(x_b, z_bp) h_b1 h_b2,
-    n_eff and the moments of z under the weights (see _lattice_log_sum)."""
+    n_eff and the moments of z under the weights (``Sums``). The window's points z_bp =
+    c_b + u_p h_b go in parts of WINDOW_POINTS (no whole (images, points, 2) array)."""
     u, log_w = lattice(float(n), 1.0, rule, inner=float(inner), device=x.device, dtype=x.dtype)
     per = max(1, MAX_ELEMENTS // (u.shape[0] * max(1, x.shape[1])))  # images per decoder block
-    out = {"log_sum": [], "n_eff": [], "mean": [], "sd": []}
+    out = []
     for b in range(0, x.shape[0], per):
         c, h = center[b : b + per, None, :], step[b : b + per, None, :]
-        parts = [log_joint_paired(model, x[b : b + per], z) for _, z in _window_parts(c, u, h)]
-        lj = torch.cat(parts, 1) + log_w
-        top = lj.amax(1, keepdim=True)
-        e = torch.exp(lj - top)
-        s0 = e.sum(1)
-        mean = _moment(e, c, u, h, 1) / s0[:, None]
-        var = _moment(e, c, u, h, 2, mean[:, None]) / s0[:, None]
+        sums, rows = Sums(c.shape[0], x), torch.arange(c.shape[0], device=x.device)
+        for i in range(0, u.shape[0], WINDOW_POINTS):
+            z = c + u[None, i : i + WINDOW_POINTS] * h
+            lj = log_joint_paired(model, x[b : b + per], z) + log_w[i : i + WINDOW_POINTS]
+            sums.add(rows, lj, z)
         log_area = torch.log(step[b : b + per]).sum(-1)
-        out["log_sum"].append(top[:, 0] + torch.log(s0) + log_area)
-        out["n_eff"].append(s0**2 / (e * e).sum(1))
-        out["mean"].append(mean)
-        out["sd"].append(var.clamp(min=0).sqrt())
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
-def _window_parts(c: torch.Tensor, u: torch.Tensor, h: torch.Tensor):
-    """(slice, z) over a window's points in parts of WINDOW_POINTS: z_bp = c_b + u_p h_b, so
-    that no (images, points, 2) array of a large window is held whole (one part otherwise)."""
-    for i in range(0, u.shape[0], WINDOW_POINTS):
-        yield slice(i, i + WINDOW_POINTS), c + u[None, i : i + WINDOW_POINTS] * h
-
-
-def _moment(e, c, u, h, power: int, about: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """sum_p e_bp (z_bp - about_b)^power over the window's parts."""
-    return sum((e[:, s, None] * (z - about) ** power).sum(1) for s, z in _window_parts(c, u, h))
+        out.append(sums.result(log_area))
+    return {k: torch.cat([o[k] for o in out]) for k in out[0]}
 
 
 def _window_bound(model, x, center, step, n) -> dict[str, torch.Tensor]:
-    """bounded_log_marginal on each image's own window (midpoint, trapezoid, ring of n/4)."""
+    """``_bound`` on each image's own window (midpoint, trapezoid, ring of n/4 steps)."""
     mid = _window_sums(model, x, center, step, n, "midpoint")
     trap = _window_sums(model, x, center, step, n, "trapezoid")["log_sum"]
     ring = _window_sums(model, x, center, step, n + max(1, n // 4), "midpoint", inner=n)
@@ -259,9 +195,57 @@ def search_boxes(model: VAE, x: torch.Tensor, extent: float, spacing: float) -> 
     return torch.cat(boxes)
 
 
-class _Sums:
-    """Running log-sum-exp sums per image over blocks of lattice points (see _lattice_log_sum):
-    log sum_p w_p p(x, z_p), sum (w p)^2 for n_eff, and the first two moments of z."""
+MAX_SEARCH_EXTENT = 64.0  # the search square doubles up to this half-width
+
+
+@torch.no_grad()
+def search_all(model: VAE, x: torch.Tensor, extent: float, spacing: float) -> torch.Tensor:
+    """``search_boxes`` on [-E, E]^2, then on a square twice as wide for every image whose box
+    reaches the square's edge (its posterior has mass beyond it), until every box lies inside
+    or E reaches MAX_SEARCH_EXTENT: p(z|x) can lie far from where q(z|x) reaches."""
+    boxes = search_boxes(model, x, extent, spacing)
+    edge = (boxes[:, 0] < -extent).any(-1) | (boxes[:, 1] > extent).any(-1)
+    while edge.any() and extent < MAX_SEARCH_EXTENT:
+        extent = min(2 * extent, MAX_SEARCH_EXTENT)
+        idx = edge.nonzero()[:, 0]
+        boxes[idx] = search_boxes(model, x[idx], extent, spacing)
+        edge[idx] = (boxes[idx, 0] < -extent).any(-1) | (boxes[idx, 1] > extent).any(-1)
+    return boxes
+
+
+COVER_NATS = 12.0  # a refinement window (with its ring) holds the search points this near the top
+
+
+@torch.no_grad()
+def near_points(model: VAE, x: torch.Tensor, boxes: torch.Tensor, spacing: float):
+    """The points of a midpoint lattice of ``spacing`` over the union of the boxes (N, 2, 2)
+    where log p(x, z) is within COVER_NATS of each image's largest value there: the points z
+    (G, 2) and the mask (N, G) of each image's own."""
+    low, high = boxes[:, 0].amin(0), boxes[:, 1].amax(0)
+    c, e = (low + high) / 2, float((high - low).amax()) / 2
+    z, _ = lattice(e, spacing, device=x.device, dtype=x.dtype, center=tuple(c.tolist()))
+    step = max(1, MAX_ELEMENTS // max(x.shape[0], x.shape[1]))
+    lj = torch.cat([log_joint(model, x, z[i : i + step]) for i in range(0, z.shape[0], step)], 1)
+    return z, lj >= lj.amax(1, keepdim=True) - COVER_NATS
+
+
+def covering(near: tuple, center: torch.Tensor, step: torch.Tensor, n: torch.Tensor):
+    """Half-widths in steps (N,), at least n, of windows c_b + [-n h_b, n h_b] whose rings
+    (to 1.25 n steps) hold every near point of image b (``near_points``): so that a lobe of
+    p(z|x) far from the peak is not left outside, where the ring's assumption (tails that
+    decay outward) fails. For a Gaussian peak the near points reach 4.9 sd: 5 steps of 0.8 sd
+    hold them, as before."""
+    z, mask = near
+    reach = ((z[None] - center[:, None, :]).abs() / step[:, None, :]).amax(-1)  # (N, G)
+    reach = torch.where(mask, reach, torch.zeros_like(reach)).amax(1)
+    return torch.maximum(n, torch.ceil(reach / 1.25).long().cpu())
+
+
+class Sums:
+    """Running sums per image over blocks of lattice points, with weights w_p p(x, z_p) kept
+    relative to the largest so far (log-sum-exp): log sum_p w_p p(x, z_p) * area, n_eff =
+    (sum w p)^2 / sum (w p)^2 (lattice points under the peak), and the mean and sd of z under
+    the weights. The one accumulator of every rule: midpoint, trapezoid and ring."""
 
     def __init__(self, n: int, like: torch.Tensor):
         self.top = torch.full((n,), -math.inf, device=like.device, dtype=like.dtype)
@@ -270,7 +254,8 @@ class _Sums:
         self.s2 = torch.zeros_like(self.s1)
 
     def add(self, rows: torch.Tensor, lj: torch.Tensor, z: torch.Tensor) -> None:
-        """Images ``rows`` (B,), weighted log joints lj (B, P) (-inf: not theirs), points (P, 2)."""
+        """Images ``rows`` (B,), weighted log joints lj (B, P) (-inf: not theirs), points z
+        (P, 2) shared by the images or (B, P, 2) their own."""
         top = self.top[rows]
         new = torch.maximum(top, lj.amax(1))
         safe = torch.where(torch.isinf(new), torch.zeros_like(new), new)
@@ -278,11 +263,13 @@ class _Sums:
         e = torch.exp(lj - safe[:, None])
         self.s0[rows] = self.s0[rows] * scale + e.sum(1)
         self.s00[rows] = self.s00[rows] * scale**2 + (e * e).sum(1)
-        self.s1[rows] = self.s1[rows] * scale[:, None] + e @ z
-        self.s2[rows] = self.s2[rows] * scale[:, None] + e @ z**2
+        ez = e @ z if z.dim() == 2 else torch.einsum("bp,bpd->bd", e, z)
+        ez2 = e @ z**2 if z.dim() == 2 else torch.einsum("bp,bpd->bd", e, z**2)
+        self.s1[rows] = self.s1[rows] * scale[:, None] + ez
+        self.s2[rows] = self.s2[rows] * scale[:, None] + ez2
         self.top[rows] = new
 
-    def result(self, log_area: float) -> dict[str, torch.Tensor]:
+    def result(self, log_area: float | torch.Tensor) -> dict[str, torch.Tensor]:
         mean = self.s1 / self.s0[:, None]
         return {
             "log_sum": self.top + torch.log(self.s0) + log_area,
@@ -309,15 +296,15 @@ def _tiles(low: torch.Tensor, high: torch.Tensor):
 def shared_windows(
     model: VAE, x: torch.Tensor, center: torch.Tensor, half: torch.Tensor, spacing: float
 ) -> dict[str, torch.Tensor]:
-    """bounded_log_marginal on each image's own square window of one shared lattice: image b's
+    """``_bound`` on each image's own square window of one shared lattice: image b's
     window is (c_b + [-n_b, n_b]) h per axis (c_b integer (N, 2), n_b = half (N,)), its ring
     reaches n_b + max(1, n_b // 4) steps. All windows share the lattice's nodes, so the
     decoder runs once per tile of nodes for every image whose window (or ring) meets the tile.
     """
     center, half = center.to(x.device), half.to(x.device)
     ring = half + (half // 4).clamp(min=1)
-    mid, outer = _Sums(x.shape[0], x), _Sums(x.shape[0], x)
-    trap = _Sums(x.shape[0], x)
+    mid, outer = Sums(x.shape[0], x), Sums(x.shape[0], x)
+    trap = Sums(x.shape[0], x)
     log_half = math.log(0.5)
     # midpoint nodes (k + 1/2) h: window k - c in [-n, n - 1], ring [-m, m - 1] outside it
     for a1, a2, rows in _tiles(center - ring[:, None], center + ring[:, None] - 1):
@@ -351,29 +338,34 @@ def adaptive_log_marginal(
     tol: float = 0.01,
     max_levels: int = 8,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """log p(x) with every image's bound (see ``bounded_log_marginal``) refined below ``tol``.
+    """log p(x) with every image's bound (see ``_bound``) refined below ``tol``.
 
     1. Search: log p(x, z) of every image on a lattice of spacing 4h over [-E, E]^2, with E =
        the 99th percentile over images of how far q reaches (``posterior_reach``; at least 3)
        and h = 0.025 (or the given values); each image's box holds its points within
-       SEARCH_NATS of its best one (``search_boxes``).
+       SEARCH_NATS of its best one (``search_boxes``); an image whose box reaches the
+       square's edge is searched again on a square twice as wide (``search_all``).
     2. Every image gets its own square window around its box on one shared lattice of spacing
        h, with the midpoint and trapezoid sums and a ring (``shared_windows``).
     3. Every image whose bound still exceeds tol, or whose peak spans fewer than MIN_N_EFF
        lattice points, gets a window of its own spacing, all such images at once: centre the
        posterior mean, spacing 0.8 posterior sd per axis (as seen on the lattice, at least
-       h/4), half-width 5 steps. Up to ``max_levels`` times, per image: when the spacing
-       error exceeds tol/2 the spacing shrinks by sqrt(tol / 4 / error) (in [0.25, 0.6]; a
-       kink of a ReLU decoder makes the error ~ h^2), when n_eff < MIN_N_EFF it halves, else
-       the window widens 1.5 times when the extent error exceeds tol/2; the window is
-       re-centred each time and its result kept only where its bound is the smaller.
-    Mass of p(z|x) beyond E + 4h that no search point sees is not counted.
+       h/4), half-width 5 steps or more, so that the window with its ring holds the search
+       points within COVER_NATS of the top (``covering``: a lobe of p(z|x) far from its peak
+       is not left out). Up to
+       ``max_levels`` times, per image: when the spacing error exceeds tol/2 the spacing
+       shrinks by sqrt(tol / 4 / error) (in [0.25, 0.6]; a kink of a ReLU decoder makes the
+       error ~ h^2), when n_eff < MIN_N_EFF it halves, else the window widens 1.5 times when
+       the extent error exceeds tol/2; the window is re-centred each time and its result kept
+       only where its bound is the smaller.
+    Mass of p(z|x) that no search point sees (beyond MAX_SEARCH_EXTENT, or in a peak narrower
+    than the search spacing between its points) is not counted.
     Returns the per-image arrays (plus the smaller ``spacing`` used per image) and a summary.
     """
     if extent is None:
         extent = max(3.0, math.ceil(2 * float(torch.quantile(posterior_reach(model, x), 0.99))) / 2)
     spacing = spacing or 0.025  # resolves most posteriors of the study: few windows
-    boxes = search_boxes(model, x, extent, 4 * spacing)
+    boxes = search_all(model, x, extent, 4 * spacing)
     middle = torch.round(boxes.mean(1) / spacing).long()
     window = torch.ceil((boxes[:, 1] - boxes[:, 0]).amax(-1) / (2 * spacing)).long() + 1
     out = shared_windows(model, x, middle, window, spacing)
@@ -385,10 +377,12 @@ def adaptive_log_marginal(
     center = out["mean"][bad].clone()
     half = torch.full((bad.numel(),), 5, dtype=torch.long)  # half-width in steps: 4 sd
     active = torch.ones(bad.numel(), dtype=torch.bool)
+    near = near_points(model, x[bad], boxes[bad], 4 * spacing) if bad.numel() else None
     windows = 0
     for _ in range(max_levels):
         if not active.any():
             break
+        half = covering(near, center, step, half)
         for n in sorted(set(half[active].tolist())):
             sel = (active & (half == n)).nonzero()[:, 0]
             idx = bad[sel]
@@ -445,53 +439,3 @@ def adaptive_log_marginal(
     if info["images_over_tol"]:
         log.warning("quadrature: %d images above the %.3g nats bound", info["images_over_tol"], tol)
     return out, info
-
-
-@torch.no_grad()
-def iwae_convergence(
-    model: VAE,
-    x: torch.Tensor,
-    log_px: torch.Tensor,
-    ks: tuple[int, ...] = (1, 10, 100, 1000, 5000),
-    repeats: int = 5,
-    chunk: int = 65536,
-    seed: int = 0,
-):
-    """IWAE lower bounds for growing K against the quadrature log p(x), per image.
-
-    Each repeat draws max(K) samples once; the bound for K uses its first K samples
-    (log (1/K) sum_{k<=K} p(x, z_k) / q(z_k|x)), so a repeat costs max(K), not sum(K), decoder
-    evaluations. Returns a pandas DataFrame with one row per (image, K): the mean and standard
-    error over ``repeats`` independent estimates, log p(x), and excess = bound - log p(x), which
-    stays below about 3 standard errors if the grid is right.
-    """
-    import pandas as pd
-
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    ks = tuple(sorted(ks))
-    mu, log_sigma, h = model.encode(x)
-    per_chunk = max(1, chunk // x.shape[0])
-    reps = []
-    for _ in range(repeats):
-        log_w = []
-        for done in range(0, ks[-1], per_chunk):
-            z, log_q = model.posterior.sample(mu, log_sigma, h, min(per_chunk, ks[-1] - done), gen)
-            log_w.append(model.log_likelihood(x, z) + model.log_prior(z) - log_q)
-        cum = torch.logcumsumexp(torch.cat(log_w), dim=0)  # (K_max, N)
-        reps.append(torch.stack([cum[k - 1] - math.log(k) for k in ks]))  # (len(ks), N)
-    stack = torch.stack(reps)  # (repeats, len(ks), N)
-    mean, err = stack.mean(0), stack.std(0) / math.sqrt(repeats)
-    rows = []
-    for j, k in enumerate(ks):
-        for i in range(x.shape[0]):
-            rows.append(
-                {
-                    "image": i,
-                    "k": k,
-                    "iwae": mean[j, i].item(),
-                    "stderr": err[j, i].item(),
-                    "log_px": log_px[i].item(),
-                    "excess": (mean[j, i] - log_px[i]).item(),
-                }
-            )
-    return pd.DataFrame(rows)
