@@ -488,6 +488,41 @@ def test_quick_logs_and_benchmarks(quick):
             assert run_json["variant"] == variant and run_json["seed"] == seed
 
 
+def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick, tmp_path):
+    """As after a lost Snakemake: a copy of the finished quick run (file times kept) at paths
+    Snakemake has no records of; the settings files' keys (and their times) are all that
+    decide."""
+    configs = ["config/quick.yaml"]
+    for folder in ("results", "figures"):
+        shutil.copytree(quick / folder, tmp_path / folder)
+    assert dry_run(tmp=tmp_path, configfiles=configs) == {}, "no record is no reason to rerun"
+    # one variant's learning rate: that variant's runs and what reads them, nothing else
+    lr = ["variants={iaf: {train: {lr: 0.002}}}"]
+    proc = snakemake("-n", tmp=tmp_path, configfiles=configs, config=lr)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text
+    jobs = job_counts(text)
+    assert jobs["train"] == jobs["evaluate"] == len(QUICK["seeds"])
+    assert "prepare" not in jobs
+    # the settings files are back as they were: without records times count, so the iaf
+    # runs rerun (a setting changed and changed back is a change of its settings files)
+    jobs = dry_run(tmp=tmp_path, configfiles=configs)
+    assert jobs["train"] == len(QUICK["seeds"])
+    # a model whose key is not its settings file's (finished after the change) is refused
+    run_dir = tmp_path / "results" / "runs" / "iaf" / "seed0"
+    settings = tmp_path / "results" / "settings" / "evaluate" / "iaf" / "seed0.json"
+    snakemake("-n", tmp=tmp_path, configfiles=configs, config=lr)  # rewrites the settings file
+    env = pipeline.environment()
+    done = subprocess.run(
+        [str(BIN / "python"), "-m", "flowvae", "evaluate", "--model", str(run_dir / "model.pt"),
+         "--data", str(tmp_path / "results" / "data" / "mnist.pt"),
+         "--out", str(tmp_path / "stale"), "--settings-file", str(settings)],
+        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and "train.lr differ" in done.stderr, done.stderr
+
+
 def test_quick_evaluate_settings_do_not_retrain(quick):
     """A job's params hold only the config sections it reads."""
     extra = write_config(quick, "evaluate: {iwae_k: 7}\n")
@@ -512,52 +547,6 @@ def test_quick_settings_that_never_change_a_result_rerun_nothing(quick):
         config=["train={checkpoint_every: 3, device: cpu, threads: 2}", "evaluate={threads: 2}"],
     )
     assert jobs == {}
-
-
-def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick):
-    """As after a lost Snakemake: its records of the finished jobs are gone; the settings
-    files' keys (and their times) are all that decide."""
-    configs = ["config/quick.yaml"]
-    # The dry runs of the tests above changed settings and changed them back, which rewrites
-    # settings files (README: such jobs rerun); --touch makes the finished outputs current.
-    proc = snakemake("--touch", "--cores", "1", tmp=quick, configfiles=configs)
-    assert proc.returncode == 0, output(proc)
-    outputs = [
-        p
-        for pattern in ("runs/*/*/*.*", "eval/*/*/*.*")
-        for p in sorted((quick / "results").glob(pattern))
-        if not p.name.startswith(".")
-    ]
-    proc = snakemake("--cleanup-metadata", *outputs, tmp=quick, configfiles=configs)
-    assert proc.returncode == 0, output(proc)
-    assert dry_run(tmp=quick, configfiles=configs) == {}, "no record is no reason to rerun"
-    # one variant's learning rate: that variant's runs and what reads them, nothing else
-    lr = ["variants={iaf: {train: {lr: 0.002}}}"]
-    proc = snakemake("-n", tmp=quick, configfiles=configs, config=lr)
-    text = output(proc)
-    assert proc.returncode == 0, text
-    assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text
-    jobs = job_counts(text)
-    assert jobs["train"] == jobs["evaluate"] == len(QUICK["seeds"])
-    assert "prepare" not in jobs
-    # the settings files are back as they were: times count, so the iaf runs rerun (a
-    # setting changed and changed back is a change of its settings files)
-    jobs = dry_run(tmp=quick, configfiles=configs)
-    assert jobs["train"] == len(QUICK["seeds"])
-    # a model whose key is not its settings file's (finished after the change) is refused
-    run_dir = quick / "results" / "runs" / "iaf" / "seed0"
-    settings = quick / "results" / "settings" / "evaluate" / "iaf" / "seed0.json"
-    snakemake("-n", tmp=quick, configfiles=configs, config=lr)  # rewrites the settings file
-    env = pipeline.environment()
-    done = subprocess.run(
-        [str(BIN / "python"), "-m", "flowvae", "evaluate", "--model", str(run_dir / "model.pt"),
-         "--data", str(quick / "results" / "data" / "mnist.pt"), "--out", str(quick / "stale"),
-         "--settings-file", str(settings)],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT,
-    )  # fmt: skip
-    assert done.returncode == 2 and "train.lr differ" in done.stderr, done.stderr
-    proc = snakemake("--cores", "2", tmp=quick, configfiles=configs)  # back to the quick runs
-    assert proc.returncode == 0, output(proc)
 
 
 def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
