@@ -497,8 +497,8 @@ def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick, tmp_path)
         shutil.copytree(quick / folder, tmp_path / folder)
     assert dry_run(tmp=tmp_path, configfiles=configs) == {}, "no record is no reason to rerun"
     # one variant's learning rate: that variant's runs and what reads them, nothing else
-    lr = ["variants={iaf: {train: {lr: 0.002}}}"]
-    proc = snakemake("-n", tmp=tmp_path, configfiles=configs, config=lr)
+    lr = [*configs, write_config(tmp_path, "variants: {iaf: {train: {lr: 0.002}}}\n")]
+    proc = snakemake("-n", tmp=tmp_path, configfiles=lr)
     text = output(proc)
     assert proc.returncode == 0, text
     assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text
@@ -512,7 +512,7 @@ def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick, tmp_path)
     # a model whose key is not its settings file's (finished after the change) is refused
     run_dir = tmp_path / "results" / "runs" / "iaf" / "seed0"
     settings = tmp_path / "results" / "settings" / "evaluate" / "iaf" / "seed0.json"
-    snakemake("-n", tmp=tmp_path, configfiles=configs, config=lr)  # rewrites the settings file
+    snakemake("-n", tmp=tmp_path, configfiles=lr)  # rewrites the settings file
     env = pipeline.environment()
     done = subprocess.run(
         [str(BIN / "python"), "-m", "flowvae", "evaluate", "--model", str(run_dir / "model.pt"),
