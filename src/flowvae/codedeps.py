@@ -23,7 +23,7 @@ or a reworded help text reruns nothing. What decides a result belongs in the ent
 The raw-data download has no code input: its files are checked against fixed checksums.
 
 >>> sorted(ENTRY)
-['evaluate', 'figures', 'prepare', 'report', 'train']
+['evaluate', 'figure_data', 'figures', 'prepare', 'report', 'train']
 >>> any(p.endswith("fetch.py") for p in files("prepare"))
 True
 """
