@@ -161,6 +161,9 @@ def small_config(tmp_path=None, **train_settings) -> dict:
             "images": [0, 1],
             "quadrature_extent": 4.0,
             "quadrature_points": 40,
+            "check_images": 3,  # the IWAE check at growing K: small (the default is 20 images,
+            "check_ks": [1, 10, 100],  # K up to 5000, 10 repeats: most of an evaluation)
+            "check_repeats": 3,
         },
     }
     return config.validate(overrides)

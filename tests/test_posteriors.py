@@ -65,6 +65,25 @@ def test_iaf_outputs_depend_on_context_and_lower_coordinates_only():
         assert gh.abs().sum() > 0
 
 
+@pytest.mark.parametrize("context_norm", [True, False])
+def test_iaf_context_norm_makes_the_flow_blind_to_the_context_scale(context_norm):
+    """With context_norm the flow reads (h - mean h) / sd h: a*h + b gives the same z and log
+    det for any a > 0 and b; without it, the scale of h reaches the MADEs."""
+    torch.manual_seed(0)
+    q = posteriors.build("iaf", 2, context_dim=CTX, steps=2, hidden=16, context_norm=context_norm)
+    q = q.double()
+    for p in q.parameters():  # away from the zero-initialized output layers
+        p.data += 0.5 * torch.randn_like(p)
+    z0, h = torch.randn(20, 2), torch.randn(20, CTX)
+    z, logdet = q.transform(z0, h)
+    z_scaled, logdet_scaled = q.transform(z0, 50.0 * h - 3.0)
+    same = torch.allclose(z, z_scaled, atol=1e-8) and torch.allclose(
+        logdet, logdet_scaled, atol=1e-8
+    )
+    assert same == context_norm
+    assert torch.allclose(q.inverse(z_scaled, 50.0 * h - 3.0), z0, atol=1e-8)
+
+
 def _assert_spd_hessians(q, d, n=40):
     z0, h = 2 * torch.randn(n, d), 2 * torch.randn(n, CTX)
     _, hess = q.grad_hessian(z0, h, create_graph=False)

@@ -328,6 +328,12 @@ def _summarize_args(p: argparse.ArgumentParser) -> None:
         help="metrics.csv of the equal-compute comparison: adds it and which comparison the "
         "claim survives",
     )
+    p.add_argument(
+        "--budgets",
+        default=None,
+        help="budgets.csv (from the budgets command): adds the claim per training budget",
+    )
+    p.add_argument("--spikes", default=None, help="spikes.csv (from the budgets command)")
     p.add_argument("--out", required=True, help="output .md file")
     p.add_argument("--settings", metavar="JSON", help="config sections as a JSON string")
     _config_args(p, settings_file=False)
@@ -342,8 +348,35 @@ def cmd_summarize(args: argparse.Namespace) -> None:
     selection = Path(args.selection) if args.selection else None
     cfg = _config(args, args.settings) if selection else None
     compute = Path(args.equal_compute) if args.equal_compute else None
+    budgets = Path(args.budgets) if args.budgets else None
+    spikes = Path(args.spikes) if args.spikes else None
     report.summarize(
-        Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg, compute
+        Path(args.metrics), Path(args.out), args.reference, args.note, selection, cfg, compute,
+        budgets, spikes,
+    )  # fmt: skip
+
+
+def _budgets_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--histories", nargs="+", required=True, help="every run's history.csv")
+    p.add_argument("--metrics", default=None, help="metrics.csv: adds the evaluated checkpoint")
+    p.add_argument(
+        "--reference", default="standard", help="the variant the flows are compared with"
+    )
+    p.add_argument("--out", required=True, help="output CSV (results/budgets.csv)")
+    p.add_argument("--spikes-out", default=None, help="output CSV of every run's loss spikes")
+
+
+@command("budgets", _budgets_args, "the claim per training budget, from the per-epoch test curves")
+def cmd_budgets(args: argparse.Namespace) -> None:
+    """Each flow minus the reference on the per-epoch test curve, paired over seeds, at epochs
+    10, 20, 50, 100, 200, 500 (those reached) and at the reference's CPU seconds of each: mean,
+    95% interval, p and the difference the seeds detect with 80% power."""
+    from flowvae import budgets
+
+    metrics = Path(args.metrics) if args.metrics else None
+    spikes = Path(args.spikes_out) if args.spikes_out else None
+    budgets.write_budgets(
+        [Path(p) for p in args.histories], Path(args.out), args.reference, metrics, spikes
     )
 
 

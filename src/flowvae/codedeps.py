@@ -44,7 +44,11 @@ ENTRY = {
     "prepare": ("flowvae.data",),  # prepare
     "train": ("flowvae.train",),  # train
     "evaluate": ("flowvae.evaluate",),  # evaluate, gap-grids
-    "report": ("flowvae.aggregate", "flowvae.report", "flowvae.selection"),  # aggregate, ...
+    "report": (
+        "flowvae.aggregate",
+        "flowvae.report",
+        "flowvae.selection",
+    ),  # aggregate, budgets, ...
     "figures": ("flowvae.figures",),  # figure
     "figure_data": ("flowvae.figures",),  # figure-data
 }

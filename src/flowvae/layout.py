@@ -38,6 +38,8 @@ STUDY_FILES = {
     "runtime": "settings/runtime.json",
     "table": "metrics.csv",
     "summary": "summary.md",
+    "budgets": "budgets.csv",
+    "spikes": "spikes.csv",
     "tuning_plan": "settings/tuning_plan.json",
     "selection": "selection.csv",
 }

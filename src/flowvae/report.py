@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from flowvae import io
+from flowvae import budgets, io
 from flowvae.aggregate import SWEEP_KEYS
 from flowvae.errors import FlowvaeError
 
@@ -387,6 +387,8 @@ def summarize(
     selection_csv: Path | None = None,
     cfg: dict | None = None,
     equal_compute_csv: Path | None = None,
+    budgets_csv: Path | None = None,
+    spikes_csv: Path | None = None,
 ) -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
@@ -416,6 +418,14 @@ def summarize(
             lines += [f"## Sweep {sweep} = {value}", ""] + _summary_lines(sub, reference) + [""]
     else:
         lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
+    if budgets_csv is not None:
+        table = pd.read_csv(budgets_csv, dtype={"variant": str})
+        lines += ["## The claim per training budget", "", budgets.DESCRIPTION, ""]
+        lines += budgets.claim_lines(table) + [""]
+    if spikes_csv is not None:
+        table = pd.read_csv(spikes_csv, dtype={"variant": str, "spike_epochs": str})
+        lines += ["## Loss spikes", "", budgets.SPIKE_DESCRIPTION, ""]
+        lines += budgets.spike_lines(table.fillna({"spike_epochs": ""})) + [""]
     if equal_compute_csv is not None:
         ec = pd.read_csv(equal_compute_csv)
         ec["variant"] = ec["variant"].astype(str)

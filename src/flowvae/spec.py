@@ -79,11 +79,14 @@ class TrainSpec:
     lr: float
     lr_min: float
     schedule: str
+    optimizer: str
     betas: tuple[float, float]
     weight_decay: float
     kl_warmup_epochs: int
     grad_clip: float | None
     samples: int
+    keep: str
+    patience: int | None
     checkpoint_every: int = field(default=5, metadata=RUNTIME)
     device: str = field(default="auto", metadata=RUNTIME)
     threads: int = field(default=1, metadata=RUNTIME)

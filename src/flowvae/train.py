@@ -73,31 +73,31 @@ def _check_writable(out_dir: Path) -> None:
         raise FlowvaeError(f"output folder {out_dir} is not writable: {exc.strerror}") from exc
 
 
-def make_optimizer(model: VAE, t: TrainSpec) -> torch.optim.Adam:
-    """Adam with the config's betas and weight decay; the lr is set per epoch by the schedule.
+def make_optimizer(model: VAE, t: TrainSpec) -> torch.optim.Optimizer:
+    """Adam (or Adamax) with the config's betas and weight decay; the lr is set per epoch by
+    the schedule.
 
-    The fused kernel updates every parameter in one pass (on the CPU and on CUDA): 10-20% of
-    a training step less than the per-tensor loop (benchmarks/epoch_throughput.py).
+    Adam's fused kernel updates every parameter in one pass (on the CPU and on CUDA): 10-20%
+    of a training step less than the per-tensor loop (benchmarks/epoch_throughput.py).
     """
-    return torch.optim.Adam(
-        model.parameters(),
-        lr=t.lr,
-        betas=tuple(t.betas),
-        weight_decay=t.weight_decay,
-        fused=True,
-    )
+    common = {"lr": t.lr, "betas": tuple(t.betas), "weight_decay": t.weight_decay}
+    if t.optimizer == "adamax":
+        return torch.optim.Adamax(model.parameters(), foreach=True, **common)
+    return torch.optim.Adam(model.parameters(), fused=True, **common)
 
 
-def clip_gradients(params: list[torch.Tensor], max_norm: float) -> None:
-    """g <- g * min(1, max_norm / (||g||_2 + 1e-6)) over all gradients together.
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """g <- g * min(1, max_norm / (||g||_2 + 1e-6)) over all gradients together; returns
+    ||g||_2 before clipping.
 
     The same numbers as ``torch.nn.utils.clip_grad_norm_``; the pass that multiplies by 1 is
-    left out when the norm is below ``max_norm`` (almost every step).
+    left out when the norm is below ``max_norm``.
     """
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads, foreach=True)
     if max_norm / (norm + 1e-6) < 1:
         torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm
 
 
 @dataclass
@@ -110,6 +110,18 @@ class TrainState:
     noise_gen: torch.Generator
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # epochs finished
+    best: dict | None = None  # {"epoch", "val_loss", "model"}: the lowest validation -ELBO so far
+
+    def note_validation(self, val_loss: float) -> None:
+        """Keep a copy of the weights when ``val_loss`` (of the epoch just finished) is the
+        lowest so far."""
+        if self.best is None or val_loss < self.best["val_loss"]:
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = {"epoch": self.epoch, "val_loss": val_loss, "model": weights}
+
+    def patience_spent(self, patience: int | None) -> bool:
+        """True when the validation loss has not improved for ``patience`` epochs."""
+        return patience is not None and self.epoch - self.best["epoch"] >= patience
 
 
 def start(spec: RunSpec, device: torch.device) -> TrainState:
@@ -135,6 +147,7 @@ def save_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> None:
             "data_gen": state.data_gen.get_state(),
             "noise_gen": state.noise_gen.get_state(),
             "history": state.history,
+            "best": state.best,
         },
     )
 
@@ -155,7 +168,7 @@ def resume_from_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> bool
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.data_gen.set_state(ckpt["data_gen"])
         state.noise_gen.set_state(ckpt["noise_gen"])
-        state.history, state.epoch = ckpt["history"], ckpt["epoch"]
+        state.history, state.epoch, state.best = ckpt["history"], ckpt["epoch"], ckpt["best"]
     except modelfile.UnsafeFileError:
         raise
     except Exception as exc:  # a damaged file: any unpickling or shape error
@@ -167,18 +180,21 @@ def resume_from_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> bool
 
 def train_epoch(
     state: TrainState, x: torch.Tensor, t: TrainSpec, beta: float, label: str = ""
-) -> float:
-    """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg); returns the
-    mean negative ELBO over the epoch's images.
+) -> dict[str, float]:
+    """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg). Returns the
+    mean negative ELBO over the epoch's images (``train_loss``), and with ``t.grad_clip`` the
+    median gradient norm before clipping (``grad_norm``) and the fraction of steps the clip
+    shortened (``clipped``).
 
-    Losses stay on the device until the epoch ends (no host synchronisation per step); a
-    non-finite loss is then reported with its batch.
+    Losses stay on the device until the epoch ends; a non-finite loss is then reported with
+    its batch.
     """
     n, bs = x.shape[0], t.batch_size
     order = torch.randperm(n, generator=state.data_gen).to(x.device)
     params = list(state.model.parameters())
     n_batches = math.ceil(n / bs)
     losses = torch.empty(n_batches, device=x.device)
+    norms = torch.full((n_batches,), math.nan, device=x.device)
     neg_elbo_sum = torch.zeros((), device=x.device)
     for b in range(n_batches):
         terms = elbo_terms(
@@ -188,7 +204,7 @@ def train_epoch(
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip is not None:
-            clip_gradients(params, t.grad_clip)
+            norms[b] = clip_gradients(params, t.grad_clip)
         state.optimizer.step()
         losses[b] = loss.detach()
         neg_elbo_sum += terms["neg_elbo"].detach().sum()
@@ -199,7 +215,12 @@ def train_epoch(
             f"{label}: loss is {losses[b].item()} at epoch {state.epoch + 1}, batch "
             f"{b + 1} (lr {lr:g}); lower train.lr or set train.grad_clip"
         )
-    return neg_elbo_sum.item() / n
+    clipped = (norms > t.grad_clip).float().mean().item() if t.grad_clip else math.nan
+    return {
+        "train_loss": neg_elbo_sum.item() / n,
+        "grad_norm": norms.median().item(),
+        "clipped": clipped,
+    }
 
 
 def write_outputs(state: TrainState, spec: RunSpec, n_train: int, out_dir: Path) -> dict:
@@ -215,12 +236,18 @@ def write_outputs(state: TrainState, spec: RunSpec, n_train: int, out_dir: Path)
         "n_params": sum(p.numel() for p in state.model.parameters()),
         "train_seconds": float(hist["seconds"].sum()),
         "seconds_per_epoch": float(hist["seconds"].mean()),
+        "train_cpu_seconds": float(hist["cpu_seconds"].sum()),
         "final_train_loss": float(hist["train_loss"].iloc[-1]),
         "final_val_loss": float(hist["val_loss"].iloc[-1]),
+        "best_epoch": state.best["epoch"],
+        "best_val_loss": state.best["val_loss"],
+        "kept": spec.train.keep,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "key": spec.key("train"),
     }
+    if spec.train.keep == "best":
+        state.model.load_state_dict(state.best["model"])
     modelfile.save_model(out_dir / "model.pt", state.model, spec, summary)
     io.write_csv(hist, out_dir / "history.csv")
     io.write_json(out_dir / "train.json", summary)
@@ -284,12 +311,13 @@ def _train_locked(
         lr, beta = learning_rate(t, epoch), kl_weight(t, epoch)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         x_epoch = (
             data_mod.binarize(data["train"], state.data_gen).to(device) if dynamic else x_train
         )
-        train_loss = train_epoch(state, x_epoch, t, beta, label)
-        seconds = time.perf_counter() - t0
+        steps = train_epoch(state, x_epoch, t, beta, label)
+        train_loss = steps["train_loss"]
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         val = validation_loss(state.model, x_val, seed=spec.seed)
         t1 = time.perf_counter()
         test = validation_loss(state.model, x_test, seed=spec.seed + TEST_NOISE)
@@ -307,10 +335,14 @@ def _train_locked(
                 "test_seconds": test_seconds,
                 "lr": lr,
                 "beta": beta,
+                "grad_norm": steps["grad_norm"],
+                "clipped": steps["clipped"],
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
             }
         )
         state.epoch += 1
+        state.note_validation(val["neg_elbo"])
         bar.set_postfix(train=f"{train_loss:.2f}", val=f"{val['neg_elbo']:.2f}")
         bar.update(1)
         if not progress:
@@ -321,6 +353,9 @@ def _train_locked(
                 val["neg_elbo"],
                 seconds,
             )
+        if state.patience_spent(t.patience):
+            log.info("%s: stopped at epoch %d (patience %d)", label, state.epoch, t.patience)
+            break
         if state.epoch % t.checkpoint_every == 0 and state.epoch < t.epochs:
             save_checkpoint(state, spec, ckpt_path)
     bar.close()

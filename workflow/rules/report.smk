@@ -27,10 +27,36 @@ rule aggregate:
         " --eval-benchmarks {input.eval_benchmarks:q} --out {output.metrics:q} > {log:q} 2>&1"
 
 
-# Mean and sd per variant, paired differences with the reference variant, and the claim.
+# Each flow minus the reference on the per-epoch test curves, at budgets in epochs and in
+# training CPU seconds, and at the evaluated checkpoint.
+rule budgets:
+    input:
+        histories=STUDY.run_files("history"),
+        metrics=rules.aggregate.output.metrics,
+        code=CODE["report"],
+    output:
+        budgets=STUDY.study_file("budgets"),
+        spikes=STUDY.study_file("spikes"),
+    log:
+        results("logs/budgets.log"),
+    localrule: True
+    conda:
+        ENV
+    params:
+        reference=config["reference"],
+    shell:
+        "python -m flowvae budgets --histories {input.histories:q} --metrics {input.metrics:q}"
+        " --reference {params.reference:q} --out {output.budgets:q}"
+        " --spikes-out {output.spikes:q} > {log:q} 2>&1"
+
+
+# Mean and sd per variant, paired differences with the reference variant, the claim, and the
+# claim per budget.
 rule summary:
     input:
         metrics=rules.aggregate.output.metrics,
+        budgets=rules.budgets.output.budgets,
+        spikes=rules.budgets.output.spikes,
         selection=STUDY.tuning_targets()[:1],
         equal_compute=STUDY.compute_targets(),
         code=CODE["report"],
@@ -52,4 +78,5 @@ rule summary:
     shell:
         "python -m flowvae summarize --metrics {input.metrics:q}"
         " --reference {params.reference:q} {params.notes} {params.protocol}"
-        " --out {output.summary:q} > {log:q} 2>&1"
+        " --budgets {input.budgets:q} --spikes {input.spikes:q} --out {output.summary:q}"
+        " > {log:q} 2>&1"

@@ -7,6 +7,7 @@ The figures and their data are declared beside their functions (flowvae.figures.
 - ``posteriors``: contours of the true posterior and of q (2-D latent space only);
 - ``checks``: the per-image posterior gap and the quadrature check;
 - ``losses``: test loss, learning curves, compute cost, sweeps and tuning;
+- ``curves``: the test loss per epoch beside the poster's curves;
 - ``pictures``: reconstructions and prior samples;
 - ``style``: the drawing helpers (matplotlib, seaborn), loaded only to draw;
 - ``store``: reading and writing the figure data files.
@@ -21,7 +22,7 @@ import logging
 from pathlib import Path
 
 from flowvae.errors import FlowvaeError
-from flowvae.figures import checks, losses, pictures, posteriors  # noqa: F401 (declarations)
+from flowvae.figures import checks, curves, losses, pictures, posteriors  # noqa: F401
 from flowvae.figures.registry import DATA, REGISTRY, Figure, FigureData, FigureJob, jobs
 
 __all__ = ["DATA", "REGISTRY", "Figure", "FigureData", "FigureJob", "jobs", "render", "write_data"]
