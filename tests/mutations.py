@@ -37,6 +37,7 @@ OBJ = ("test_math.py", "test_objectives.py")
 QUAD = ("test_math.py", "test_quadrature.py")
 TRAIN = ("test_math.py", "test_train.py")
 FAM = ("test_families.py", "test_math.py")
+BUDGETS = ("test_budgets.py",)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,20 @@ MUTATIONS = [Mutation(*row) for row in [
     ("kl_warmup_max_not_min", "train.py",
      "min(1.0, (epoch + 1) / w)", "max(1.0, (epoch + 1) / w)", TRAIN),
     ("kl_warmup_twice_as_long", "train.py", "(epoch + 1) / w)", "(epoch + 1) / (2 * w))", TRAIN),
+    # best-validation weights and early stopping
+    ("best_weights_not_copied", "train.py", "v.detach().clone()", "v.detach()", TRAIN),
+    ("patience_one_epoch_late", "train.py",
+     'self.epoch - self.best["epoch"] >= patience', 'self.epoch - self.best["epoch"] > patience',
+     TRAIN),
+    ("iaf_context_not_normalized", "posteriors/iaf.py",
+     "return h if self.norm is None else self.norm(h)", "return h", POST),
+    # the claim per budget: paired statistics, CPU budgets, spikes, the decoder/gap split
+    ("detectable_without_power_term", "budgets.py", "(t975 + t80) * se", "t975 * se", BUDGETS),
+    ("cpu_budget_exclusive", "budgets.py",
+     '(curves["cpu_total"] <= seconds)', '(curves["cpu_total"] < seconds)', BUDGETS),
+    ("spike_below_the_best", "budgets.py", ".cummin() + jump", ".cummin() - jump", BUDGETS),
+    ("split_decoder_from_gap", "budgets.py", '"decoder": "exact_nll"', '"decoder": "mean_gap"',
+     BUDGETS),
 ]]
 # fmt: on
 

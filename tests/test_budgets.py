@@ -81,6 +81,11 @@ def test_spikes_are_epochs_far_above_the_best_before():
                             "train_loss": [10.0, 9.0, 12.0, 8.5, 11.0]})  # fmt: skip
     table = budgets.spikes(history, jump=2.0)
     assert table["spikes"].tolist() == [2] and table["spike_epochs"].tolist() == ["3 5"]
+    assert table["epochs_above"].tolist() == [2]
+    stuck = history.assign(train_loss=[10.0, 9.0, 12.0, 11.5, 11.2])  # one jump, 3 epochs above
+    table = budgets.spikes(stuck, jump=2.0)
+    assert (table["spikes"].iloc[0], table["epochs_above"].iloc[0]) == (1, 3)
+    assert "from epoch 3; 3 epochs above" in budgets.spike_lines(table)[0]
 
 
 def test_history_without_the_test_curve_is_named(tmp_path):

@@ -88,7 +88,7 @@ def build_study(root: Path) -> dict[str, list[Path]]:
             history = pd.DataFrame({
                 "variant": variant, "seed": seed, "epoch": epochs, "train_loss": loss + 1,
                 "val_loss": loss + 1.5, "val_rec": loss - 4, "val_kl": 5.5, "lr": 1e-3,
-                "seconds": 4.0 + k,
+                "test_loss": loss + 0.5, "seconds": 4.0 + k, "cpu_seconds": 3.5 + k,
             })  # fmt: skip
             history.to_csv(run / "history.csv", index=False)
             files["history"].append(run / "history.csv")
@@ -114,7 +114,7 @@ def build_study(root: Path) -> dict[str, list[Path]]:
             metrics.append({
                 "variant": variant, "seed": seed, "test_neg_elbo": 122 - k + 0.3 * seed,
                 "seconds_per_epoch": 4.0 + k + 0.2 * seed, "exact_nll": 119 - k,
-                "train_seconds": 20 * (4.0 + k + 0.2 * seed),
+                "train_seconds": 20 * (4.0 + k + 0.2 * seed), "train_cpu_seconds": 20 * (3.5 + k),
             })  # fmt: skip
             (run / "metrics.json").write_text(json.dumps(metrics[-1]))
             files.setdefault("metrics", []).append(run / "metrics.json")
@@ -158,6 +158,7 @@ def inputs_for(data: str, files: dict[str, list[Path]]) -> dict[str, list[Path]]
     return {
         "test_loss": {"metrics": files["metrics"]},
         "loss_curves": {"history": files["history"]},
+        "test_curve": {"history": files["history"]},
         "cost_tradeoff": {"metrics": files["metrics"], "history": files["history"]},
         "sweep": {"metrics": files["sweep"]},
         "tuning": {"selection": files["selection"]},
@@ -372,7 +373,7 @@ def test_gap_contours_titles_and_order_follow_per_image(figdata) -> None:
         for row, index in zip(axes, expected_order, strict=True):
             assert f"#{index})" in row[0].get_title()
             assert f"gap {gaps[index]:.2f} nats" in row[1].get_title()  # standard, true posterior
-        assert "#5 (150.0)" in fig._suptitle.get_text()  # largest gap of the whole test set
+        assert "#5 (150.0" in fig._suptitle.get_text()  # largest gap of the whole test set
     finally:
         plt.close(fig)
 
@@ -395,3 +396,24 @@ def test_captions_link_their_figure_data() -> None:
     values = {field: "0" for field in registry.CAPTION_FIELDS if field != "variant"}
     text = registry.caption(fig, values, "results/figdata/posteriors.npz", "iaf")
     assert "**iaf**" in text and "`posteriors.npz`_" in text
+
+
+def test_test_curve_data_hold_every_run_and_the_posters_curves(figdata):
+    df = pd.read_csv(figdata["test_curve"])
+    study = df[df["source"] == "study"]
+    assert len(study) == len(VARIANTS) * len(SEEDS) * 20
+    run = study[(study["variant"] == VARIANTS[1]) & (study["seed"] == SEEDS[0])]
+    assert np.allclose(run["cpu_total"], 4.5 * np.arange(1, 21))  # cumulative CPU seconds
+    poster = df[df["source"] == "poster"]
+    assert set(poster["variant"]) == {"standard", "iaf", "pcpmap"}
+    last = poster[poster["variant"] == "standard"].sort_values("epoch").iloc[-1]
+    assert last["epoch"] == pytest.approx(500, abs=1) and last["test_loss"] == pytest.approx(
+        108.1, abs=0.2
+    )
+
+
+def test_cost_tradeoff_uses_cpu_seconds_when_recorded(figdata):
+    df = pd.read_csv(figdata["cost_tradeoff"])
+    assert (df["clock"] == "cpu").all()
+    totals = df[df["kind"] == "test_neg_elbo"]
+    assert sorted(totals["seconds"].unique()) == [20 * (3.5 + k) for k in range(len(VARIANTS))]

@@ -414,19 +414,24 @@ def test_slurm_profiles():
     assert "gpu: 1" in (REPO_ROOT / "profiles" / "slurm" / "config.yaml").read_text()
 
 
-def test_poster_scale_plans_2000_epochs_with_a_gpu_per_training_job(tmp_path):
+def test_poster_config_plans_500_epochs_of_its_own_with_a_gpu_per_training_job(tmp_path):
+    """config/poster.yaml: the poster's three variants on all ten digits, 500 epochs at its
+    own learning rate and optimizer (not the 20-epoch tuning's), the best-validation weights."""
     proc = run(
         "snakemake", "-n", "--printshellcmds", "--workflow-profile", "profiles/slurm-poster",
         "--configfile", "config/poster.yaml", *folders(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, output(proc)
     jobs = job_counts(output(proc))
-    assert jobs["train"] == len(STUDY["variants"]) * len(STUDY["seeds"])
+    assert jobs["train"] == 3 * len(STUDY["seeds"])
     assert "train_tuning" not in jobs and "train_compute" not in jobs
     settings = json.loads(
-        (tmp_path / "results" / "settings" / "train" / "cotflow" / "seed0.json").read_text()
-    )
-    assert settings["spec"]["train"]["epochs"] == 2000
+        (tmp_path / "results" / "settings" / "train" / "iaf" / "seed0.json").read_text()
+    )["spec"]
+    assert settings["data"]["digits"] == list(range(10))
+    train = settings["train"]
+    assert (train["epochs"], train["lr"], train["optimizer"]) == (500, 2e-3, "adamax")
+    assert (train["schedule"], train["keep"]) == ("constant", "best")
     poster = profile("slurm-poster")
     assert poster["set-resources"]["train"]["gpu"] == 1
     assert set(poster["set-resources"]) <= set(profile("slurm")["set-resources"])

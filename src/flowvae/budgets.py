@@ -35,8 +35,9 @@ DESCRIPTION = (
 )
 SPIKE = 2.0  # nats above the lowest training loss of the epochs before: a spike
 SPIKE_DESCRIPTION = (
-    f"A spike: an epoch whose training -ELBO is more than {SPIKE:g} nats above the lowest "
-    "training -ELBO of the epochs before it (history.csv of each run)."
+    f"A spike: a run of epochs whose training -ELBO is more than {SPIKE:g} nats above the "
+    "lowest training -ELBO of the epochs before them (history.csv of each run); it is named "
+    "by its first epoch, and 'epochs above' counts every such epoch."
 )
 #: The epoch budgets of the table (those beyond the runs' last epoch are left out).
 EPOCHS = (10, 20, 50, 100, 200, 500)
@@ -139,21 +140,18 @@ def budget_table(
 
 
 def spikes(history: pd.DataFrame, jump: float = SPIKE) -> pd.DataFrame:
-    """Per run (variant, seed): the epochs whose training loss is more than ``jump`` nats
-    above the lowest training loss of the epochs before it, and their count."""
+    """Per run (variant, seed): the epochs spent spiked, those whose training loss is more
+    than ``jump`` nats above the lowest training loss of the epochs before them
+    (``epochs_above``), and the spikes, runs of such epochs, by their first epoch."""
     rows = []
     for (variant, seed), run in history.groupby(["variant", "seed"], sort=False):
         loss = run.sort_values("epoch")
-        before = loss["train_loss"].cummin().shift(1)
-        bad = loss.loc[loss["train_loss"] > before + jump, "epoch"].astype(int).tolist()
-        rows.append(
-            {
-                "variant": variant,
-                "seed": seed,
-                "spikes": len(bad),
-                "spike_epochs": " ".join(map(str, bad)),
-            }
-        )
+        above = (loss["train_loss"] > loss["train_loss"].cummin() + jump).to_numpy()
+        starts = above & ~np.concatenate([[False], above[:-1]])
+        first = loss["epoch"].to_numpy()[starts].astype(int).tolist()
+        rows.append({"variant": variant, "seed": seed, "spikes": len(first),
+                     "spike_epochs": " ".join(map(str, first)),
+                     "epochs_above": int(above.sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -233,18 +231,17 @@ def claim_lines(table: pd.DataFrame) -> list[str]:
 
 
 def spike_lines(table: pd.DataFrame) -> list[str]:
-    """One line per variant: how many of its runs spiked, and at which epochs."""
+    """One line per variant: how many of its runs spiked, when, and for how many epochs."""
     lines = []
     for v, sub in table.groupby("variant", sort=False):
         runs = [
-            f"seed {r.seed} ({r.spikes}: epochs {r.spike_epochs})"
+            f"seed {r.seed} (from epoch {r.spike_epochs.replace(' ', ', ')}; "
+            f"{r.epochs_above} epochs above)"
             for r in sub.itertuples()
             if r.spikes
         ]
-        lines.append(
-            f"- {v}: {len(runs)} of {len(sub)} runs spiked"
-            + (f": {'; '.join(runs)}" if runs else "")
-        )
+        text = f"- {v}: {len(runs)} of {len(sub)} runs spiked"
+        lines.append(text + (f": {'; '.join(runs)}" if runs else ""))
     return lines
 
 

@@ -275,12 +275,15 @@ def gap_contours(data: dict):
 
     fig = _panel(data, gap_text)
     ref = str(data["reference"])
+    n_img = data["log_q"].shape[1]
+    shown = set(int(i) for i in data["image_index"])
     listing = ", ".join(
-        f"#{int(i)} ({g:.1f})" for i, g in zip(data["top_index"], data["top_gap"], strict=True)
+        f"#{int(i)} ({g:.1f}{'' if int(i) in shown else ', not drawn'})"
+        for i, g in zip(data["top_index"], data["top_gap"], strict=True)
     )
     fig.suptitle(
-        "Posterior gap KL(q || p(z|x)) (per-image -ELBO minus exact NLL), rows "
-        f"by {ref}'s gap\nLargest {ref} gaps in the test set (nats): "
-        f"{listing or 'n/a'}; each p/q pair shares its zoomed axes"
+        f"Posterior gap KL(q || p(z|x)) (per-image -ELBO minus exact NLL): the {n_img} images "
+        f"with the largest {ref} gap, rows by that gap\nLargest {ref} gaps in the test set "
+        f"(nats): {listing or 'n/a'}; each p/q pair shares its zoomed axes"
     )
     return fig

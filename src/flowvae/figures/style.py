@@ -38,8 +38,15 @@ def order(variants) -> list[str]:
     return list(dict.fromkeys(str(v) for v in variants))
 
 
+#: Colours of seaborn's colour-blind palette, in the order variants take them: blue, orange,
+#: green, purple, brown, ... (its vermillion, next to orange, is left out).
+PALETTE_ORDER = (0, 1, 2, 4, 5, 7, 8, 9, 6)
+
+
 def palette(variants: list[str]) -> dict:
-    return dict(zip(variants, sns.color_palette("colorblind", len(variants)), strict=True))
+    colours = sns.color_palette("colorblind", 10)
+    picked = [colours[PALETTE_ORDER[i % len(PALETTE_ORDER)]] for i in range(len(variants))]
+    return dict(zip(variants, picked, strict=True))
 
 
 def relative(values: np.ndarray) -> np.ndarray:
