@@ -141,3 +141,12 @@ wildcard_constraints:
     sweep=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     value=r"[^/]+",
     candidate=r"[^/]+",
+
+
+def budget_args(input):
+    """--budgets and --spikes for the summary when its rule has them (a sweep's has not)."""
+    if "budgets" not in input.keys():
+        return ""
+    return (
+        f"--budgets {shlex.quote(input.budgets)} --spikes {shlex.quote(input.spikes)}"
+    )

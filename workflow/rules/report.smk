@@ -75,8 +75,8 @@ rule summary:
         reference=config["reference"],
         notes=" ".join(f"--note {shlex.quote(n)}" for n in STUDY.summary_notes()),
         protocol=protocol_args,
+        budgets=lambda wildcards, input: budget_args(input),
     shell:
         "python -m flowvae summarize --metrics {input.metrics:q}"
         " --reference {params.reference:q} {params.notes} {params.protocol}"
-        " --budgets {input.budgets:q} --spikes {input.spikes:q} --out {output.summary:q}"
-        " > {log:q} 2>&1"
+        " {params.budgets} --out {output.summary:q} > {log:q} 2>&1"
