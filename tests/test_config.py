@@ -70,6 +70,10 @@ def test_runtime_fields_are_left_out_of_the_key_and_nothing_else():
             other = (0.5, 0.5)
         elif f.name == "schedule":
             other = "constant" if value != "constant" else "cosine"
+        elif f.name == "keep":
+            other = "best" if value == "last" else "last"
+        elif f.name == "optimizer":
+            other = "adamax" if value == "adam" else "adam"
         elif f.name == "grad_clip" and value is not None:
             other = None
         else:

@@ -72,7 +72,8 @@ def test_other_latent_sizes_leave_out_the_2d_steps(tmp_path):
     s = make_study(tmp_path, **{"model.latent_dim": 3})
     names = {j.name for j in s.figure_jobs()}
     assert names == {
-        "test_loss", "loss_curves", "cost_tradeoff", "reconstructions", "samples", "tuning"
+        "test_loss", "loss_curves", "test_curve", "cost_tradeoff", "reconstructions", "samples",
+        "tuning",
     }  # fmt: skip
     assert not [t for t in s.targets() if "gap" in t or "posterior" in t]
     assert any("latent_dim 3 != 2" in line for line in s.describe())
