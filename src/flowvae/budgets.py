@@ -80,7 +80,8 @@ def read_curves(paths: Sequence[Path]) -> pd.DataFrame:
 
 def paired(variant: pd.Series, reference: pd.Series) -> dict:
     """Mean difference, 95% t interval, paired p and the 80%-power detectable difference of
-    two per-seed series (indexed by seed; seeds missing in either are left out)."""
+    two per-seed series (indexed by seed; seeds missing in either are left out), with the
+    ``pairs`` (columns variant, reference) and their differences ``diff``."""
     pairs = pd.concat({"v": variant, "r": reference}, axis=1, join="inner").dropna()
     d = pairs["v"] - pairs["r"]
     n = len(d)
@@ -92,9 +93,9 @@ def paired(variant: pd.Series, reference: pd.Series) -> dict:
         t975, t80 = stats.t.ppf(0.975, n - 1), stats.t.ppf(0.80, n - 1)
         out.update(ci_low=out["mean"] - t975 * se, ci_high=out["mean"] + t975 * se)
         out["detectable"] = (t975 + t80) * se
-        if se > 1e-12:
+        if d.std(ddof=1) > 1e-9 * max(1.0, abs(out["mean"])):  # else p is undefined
             out["p"] = float(stats.ttest_rel(pairs["v"], pairs["r"]).pvalue)
-    return out
+    return {**out, "pairs": pairs.rename(columns={"v": "variant", "r": "reference"}), "diff": d}
 
 
 def at_epoch(curves: pd.DataFrame, variant: str, epoch: int) -> pd.Series:
@@ -127,13 +128,13 @@ def budget_table(
             ref = curves[(curves["variant"] == reference) & (curves["epoch"] == epoch)]
             cpu = round(float(ref["cpu_total"].mean()), 1)
             at = {"variant": v, "epoch": epoch}
-            own = paired(at_epoch(curves, v, epoch), at_epoch(curves, reference, epoch))
+            own = _numbers(paired(at_epoch(curves, v, epoch), at_epoch(curves, reference, epoch)))
             rows.append({**at, "budget": epoch, "unit": "epoch", **own})
-            own = paired(at_cpu(curves, v, cpu), at_cpu(curves, reference, cpu))
+            own = _numbers(paired(at_cpu(curves, v, cpu), at_cpu(curves, reference, cpu)))
             rows.append({**at, "budget": cpu, "unit": "cpu_s", **own})
         if best is not None:
             rows.append({"variant": v, "epoch": math.nan, "budget": math.nan, "unit": "best",
-                         **paired(*_of(best, "test_neg_elbo", v, reference)),
+                         **_numbers(paired(*_of(best, "test_neg_elbo", v, reference))),
                          **split(best, v, reference)})  # fmt: skip
     table = pd.DataFrame(rows).assign(reference=reference)
     return table.reindex(columns=list(COLUMNS))
@@ -153,6 +154,11 @@ def spikes(history: pd.DataFrame, jump: float = SPIKE) -> pd.DataFrame:
                      "spike_epochs": " ".join(map(str, first)),
                      "epochs_above": int(above.sum())})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _numbers(result: dict) -> dict:
+    """A ``paired`` result without its tables: one row of the budget table."""
+    return {k: v for k, v in result.items() if k not in ("pairs", "diff")}
 
 
 def _of(metrics: pd.DataFrame, column: str, variant: str, reference: str):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from flowvae import budgets, io
 from flowvae.aggregate import SWEEP_KEYS
@@ -89,16 +88,7 @@ def paired_difference(df: pd.DataFrame, variant: str, reference: str, column: st
     """Per-seed difference variant - reference in ``column``: mean, 95% t interval, paired p."""
     a = df[df["variant"] == variant].set_index("seed")[column]
     b = df[df["variant"] == reference].set_index("seed")[column]
-    pairs = pd.concat({"variant": a, "reference": b}, axis=1, join="inner").dropna().sort_index()
-    diff = pairs["variant"] - pairs["reference"]
-    n = len(diff)
-    result = {"pairs": pairs, "diff": diff, "n": n, "mean": float(diff.mean()) if n else math.nan}
-    result.update(ci_low=math.nan, ci_high=math.nan, p=math.nan)
-    if n >= 2:
-        half = stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)
-        result.update(ci_low=result["mean"] - half, ci_high=result["mean"] + half)
-        if diff.std(ddof=1) > 1e-9 * max(1.0, abs(result["mean"])):  # else p is undefined
-            result["p"] = float(stats.ttest_rel(pairs["variant"], pairs["reference"]).pvalue)
+    result = budgets.paired(a.sort_index(), b.sort_index())
     result["unpaired"] = sorted(set(a.index) ^ set(b.index))
     return result
 

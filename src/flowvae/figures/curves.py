@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flowvae.figures.losses import read_runs
 from flowvae.figures.registry import Input, figure, figure_data
 
 POSTER_CURVES = Path(__file__).with_name("poster_test_neg_elbo.csv")
@@ -22,9 +21,9 @@ def test_curve_data(inputs: dict[str, list[Path]], options: dict):
     then the poster's curves (source ``poster``: no seed, no CPU time)."""
     import pandas as pd
 
-    runs = read_runs(inputs["history"], ("variant", "seed", "epoch", "test_loss", "cpu_seconds"))
-    runs["cpu_total"] = runs.groupby(["variant", "seed"], sort=False)["cpu_seconds"].cumsum()
-    runs = runs.assign(source="study")
+    from flowvae.budgets import read_curves
+
+    runs = read_curves(inputs["history"]).assign(source="study")
     poster = pd.read_csv(POSTER_CURVES, dtype={"variant": str})
     poster = poster.rename(columns={"test_neg_elbo": "test_loss"})
     poster = poster.assign(source="poster", seed=pd.NA, cpu_total=pd.NA)
