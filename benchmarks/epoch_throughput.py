@@ -11,7 +11,10 @@ For every variant of the config this measures:
 3. a FLOP floor: the matmul FLOPs of one training step (forward + backward, as counted by
    ``torch.utils.flop_counter.FlopCounterMode``), scaled to an epoch, divided by a measured
    float32 ``torch.mm`` rate: of the encoder/decoder layer GEMMs (forward and both gradients)
-   and of a 2048^3 product (the machine's peak).
+   and of a 2048^3 product (the machine's peak);
+4. with ``--profile``, where one epoch's CPU time goes (``torch.profiler``, self time per
+   operator): the matrix products (mm, addmm, bmm), the optimizer step, and the rest (the
+   small elementwise operations and autograd's bookkeeping around them).
 
 It ends with a table and a check of the targets on a 2-core CPU: IAF <= 1.5x and PCP-Map <= 2.5x
 the standard epoch time; the standard epoch within 1.5x its FLOP floor, IAF and PCP-Map within
@@ -20,6 +23,7 @@ the standard epoch time; the standard epoch within 1.5x its FLOP floor, IAF and 
     .venv/bin/python benchmarks/epoch_throughput.py                  # study config, all cores
     .venv/bin/python benchmarks/epoch_throughput.py --threads 2 --json epoch.json
     .venv/bin/python benchmarks/epoch_throughput.py --images 256 --repeats 1 --set model.hidden=[32]
+    .venv/bin/python benchmarks/epoch_throughput.py --threads 1 --images 5120 --profile
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from flowvae import config as config_mod
@@ -102,6 +107,11 @@ def parse_args() -> argparse.Namespace:
         help="timed epochs per variant, median (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, help="default: train.batch_size of the config")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one epoch per variant: the share of matrix products, optimizer, rest",
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")
     return p.parse_args()
 
@@ -155,6 +165,28 @@ def layer_gemms(cfg: dict, bs: int) -> list[tuple[int, int, int]]:
     return sorted({g for m, k, n in shapes for g in [(m, k, n), (m, n, k), (n, m, k)]})
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def profile_epoch(state: TrainState, x: torch.Tensor, tcfg: TrainSpec, top: int = 6) -> dict:
+    """Self CPU time of one epoch by operator: the matrix products' share, the optimizer's
+    (its fused step and its bookkeeping), the rest, and the ``top`` largest operators."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_epoch(state, x, tcfg, beta=1.0, label="profile")
+    self_us = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(self_us.values())
+    matmul = sum(self_us.get(k, 0) for k in MATMULS)
+    optim = sum(t for k, t in self_us.items() if "adam" in k.lower() or k.startswith("Optimizer"))
+    largest = sorted(self_us.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "profile_s": total / 1e6,
+        "matmul_share": matmul / total,
+        "optimizer_share": optim / total,
+        "rest_share": 1 - (matmul + optim) / total,
+        "largest": [(k, t / total) for k, t in largest],
+    }
+
+
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
@@ -162,7 +194,9 @@ def cpu_name() -> str:
     return names[0] if names else platform.processor() or "unknown CPU"
 
 
-def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> dict:
+def measure(
+    cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int, profiled: bool = False
+) -> dict:
     """Epoch times (median of ``repeats`` after a warm-up) and matmul FLOPs of one variant."""
     spec = config_mod.resolve(cfg, variant, 0).replace_train(batch_size=bs)
     tcfg = spec.train
@@ -171,7 +205,9 @@ def measure(cfg: dict, variant: str, x: torch.Tensor, bs: int, repeats: int) -> 
     flops = step_flops(model, x[:bs], tcfg.samples) * x.shape[0] / bs
     timed_epoch(state, x[: 20 * bs], tcfg)  # warm-up
     times = [timed_epoch(state, x, tcfg) for _ in range(repeats)]
+    extra = profile_epoch(state, x, tcfg) if profiled else {}
     return {
+        **extra,
         "variant": variant,
         "family": spec.posterior.family,
         "params": sum(p.numel() for p in model.parameters()),
@@ -233,7 +269,7 @@ def main() -> None:
     x = torch.randint(0, 2, (args.images, DATA_DIM), generator=gen).float()  # binary images
     rows = []
     for v in variants:
-        r = measure(cfg, v, x, bs, args.repeats)
+        r = measure(cfg, v, x, bs, args.repeats, args.profile)
         r["floor_s"] = r["gflop_per_epoch"] * 1e9 / rate
         r["floor_peak_s"] = r["gflop_per_epoch"] * 1e9 / peak
         r["over_floor"] = r["epoch_s"] / r["floor_s"]
@@ -245,6 +281,12 @@ def main() -> None:
             f"GFLOP/epoch, floor {r['floor_s']:.3f} s (peak {r['floor_peak_s']:.3f} s), "
             f"epoch/floor {r['over_floor']:.2f} (peak {r['over_floor_peak']:.2f})"
         )
+        if args.profile:
+            largest = ", ".join(f"{k} {share:.0%}" for k, share in r["largest"])
+            print(
+                f"  profile: matrix products {r['matmul_share']:.0%}, optimizer "
+                f"{r['optimizer_share']:.0%}, rest {r['rest_share']:.0%}; largest: {largest}"
+            )
     by_name = {r["variant"]: r for r in rows}
     for r in rows:
         r["ratio"] = r["epoch_s"] / by_name[baseline]["epoch_s"]
