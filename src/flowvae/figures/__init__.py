@@ -82,8 +82,8 @@ def render(name: str, data_path: Path, outputs: list[Path], variant: str | None 
         with style.plt.rc_context(style.theme()):
             np.random.seed(0)  # seaborn's strip-plot jitter: the same figure every time
             fig = fig_decl.draw(content, *((variant,) if fig_decl.per_variant else ()))
+            style.freeze_layout(fig)
             supported = fig.canvas.get_supported_filetypes()
-            # PDF first: drawn after a PNG of a contour figure, its bytes vary between runs
             for out in sorted(outputs, key=lambda p: Path(p).suffix.lower() != ".pdf"):
                 if Path(out).suffix.lstrip(".").lower() not in supported:
                     raise FlowvaeError(f"output {out} of figure {name}: unsupported file type")

@@ -49,6 +49,21 @@ def palette(variants: list[str]) -> dict:
     return dict(zip(variants, picked, strict=True))
 
 
+def freeze_layout(fig, digits: int = 6) -> None:
+    """Run the figure's layout engine once and fix every axes where it put them, rounded to
+    ``digits`` decimals of the figure's size. Constrained layout's positions varied between
+    processes in their last digits, so the same data gave PDFs of two kinds; fixed and
+    rounded, the PNG and the PDF are drawn from one layout, the same in every run."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        return
+    engine.execute(fig)
+    fig.set_layout_engine("none")
+    for ax in fig.axes:
+        ax.set_axes_locator(None)
+        ax.set_position(np.round(ax.get_position().bounds, digits))
+
+
 def relative(values: np.ndarray) -> np.ndarray:
     """``values - max`` clipped at -DEPTH - 1 nats: what a contour panel draws."""
     return np.clip(values - np.nanmax(values), -DEPTH - 1.0, 0.0)
