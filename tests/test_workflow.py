@@ -218,6 +218,11 @@ def test_a_copy_with_equal_file_times_rebuilds_the_study(tmp_path):
 ARCHIVE_DRAWN = ("figures/test_loss.png", "figures/posterior_panel.png")
 
 
+def one_job_each(pngs) -> dict[str, int]:
+    """The job counts of drawing ``pngs`` from their figure data: one figure job each."""
+    return {**{f"figure_{Path(png).stem}": 1 for png in pngs}, "total": len(pngs)}
+
+
 def test_an_archive_copy_redraws_each_committed_figure_with_one_job(tmp_path):
     """Without the runs, every committed figure is drawn from its committed figure data: one
     job each, and a table-based and a grid-based figure equal the committed ones byte for
@@ -238,17 +243,13 @@ def test_an_archive_copy_redraws_each_committed_figure_with_one_job(tmp_path):
         cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, output(proc)
-    expected = {f"figure_{Path(png).stem}": 1 for png in committed}
-    assert job_counts(output(proc)) == {**expected, "total": len(committed)}
+    assert job_counts(output(proc)) == one_job_each(committed)
     proc = subprocess.run(
         [*command, *ARCHIVE_DRAWN],
         cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, output(proc)
-    assert job_counts(output(proc)) == {
-        **{f"figure_{Path(png).stem}": 1 for png in ARCHIVE_DRAWN},
-        "total": len(ARCHIVE_DRAWN),
-    }
+    assert job_counts(output(proc)) == one_job_each(ARCHIVE_DRAWN)
     for png in ARCHIVE_DRAWN:
         for path in (png, png.replace(".png", ".pdf")):
             assert (copy / path).read_bytes() == (REPO_ROOT / path).read_bytes(), path

@@ -84,7 +84,7 @@ def render(name: str, data_path: Path, outputs: list[Path], variant: str | None 
             fig = fig_decl.draw(content, *((variant,) if fig_decl.per_variant else ()))
             style.freeze_layout(fig)
             supported = fig.canvas.get_supported_filetypes()
-            for out in sorted(outputs, key=lambda p: Path(p).suffix.lower() != ".pdf"):
+            for out in outputs:
                 if Path(out).suffix.lstrip(".").lower() not in supported:
                     raise FlowvaeError(f"output {out} of figure {name}: unsupported file type")
                 io.save_figure(fig, out, dpi=style.DPI)
