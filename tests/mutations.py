@@ -102,7 +102,8 @@ MUTATIONS = [Mutation(*row) for row in [
     ("elbo_reg_sign", "objectives.py",
      "reg = (log_q - model.log_prior(z))", "reg = (log_q + model.log_prior(z))", OBJ),
     ("elbo_rec_sign", "objectives.py",
-     "rec = -model.log_likelihood(x, z)", "rec = model.log_likelihood(x, z)", OBJ),
+     "rec = -model.bernoulli_log_likelihood(x, logits.float())",
+     "rec = model.bernoulli_log_likelihood(x, logits.float())", OBJ),
     ("neg_elbo_with_warmup_beta", "objectives.py",
      '"neg_elbo": rec + reg', '"neg_elbo": rec + beta * reg', OBJ),
     ("loss_without_warmup_beta", "objectives.py",
@@ -162,6 +163,12 @@ MUTATIONS = [Mutation(*row) for row in [
     ("kl_warmup_max_not_min", "train.py",
      "min(1.0, (epoch + 1) / w)", "max(1.0, (epoch + 1) / w)", TRAIN),
     ("kl_warmup_twice_as_long", "train.py", "(epoch + 1) / w)", "(epoch + 1) / (2 * w))", TRAIN),
+    # train.precision: bfloat16 for the networks' products only
+    ("precision_not_passed", "train.py",
+     "t.samples, beta, state.noise_gen, products)", "t.samples, beta, state.noise_gen)",
+     ("test_train.py",)),
+    ("posterior_in_bfloat16", "objectives.py",
+     "mu, log_sigma = mu.float(), log_sigma.float()", "mu, log_sigma = mu, log_sigma", OBJ),
     # best-validation weights and early stopping
     ("best_weights_not_copied", "train.py", "v.detach().clone()", "v.detach()", TRAIN),
     ("patience_one_epoch_late", "train.py",

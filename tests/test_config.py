@@ -74,6 +74,8 @@ def test_runtime_fields_are_left_out_of_the_key_and_nothing_else():
             other = "best" if value == "last" else "last"
         elif f.name == "optimizer":
             other = "adamax" if value == "adam" else "adam"
+        elif f.name == "precision":
+            other = "bfloat16" if value == "float32" else "float32"
         elif f.name == "grad_clip" and value is not None:
             other = None
         else:

@@ -448,12 +448,22 @@ def test_profile_plans_the_study(tmp_path, name):
 # ----------------------------------------------------------------------------- end to end
 
 
+# The default suite runs the quick study with two of its variants (about half the jobs);
+# test-all also runs it with all four (test_quick_study_of_every_variant_end_to_end).
+QUICK_CONFIGS = ["config/quick.yaml", "tests/configs/quick_two_variants.yaml"]
+QUICK_VARIANTS = yaml.safe_load((REPO_ROOT / QUICK_CONFIGS[1]).read_text())["run_variants"]
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> Path:
-    """The quick config run once, end to end, into a temporary folder (shared by the tests
-    below, which run in file order)."""
-    tmp = tmp_path_factory.mktemp("quick")
-    proc = snakemake("--cores", "2", tmp=tmp, configfiles=["config/quick.yaml"], timeout=900)
+    """The quick config with two variants (QUICK_CONFIGS) run once, end to end, into a
+    temporary folder (shared by the tests below, which run in file order)."""
+    return quick_run(tmp_path_factory.mktemp("quick"), QUICK_CONFIGS)
+
+
+def quick_run(tmp: Path, configs: list[str]) -> Path:
+    """snakemake --cores 2 with ``configs`` into ``tmp``; on failure, the tails of the logs."""
+    proc = snakemake("--cores", "2", tmp=tmp, configfiles=configs, timeout=900)
     if proc.returncode != 0:
         logs = sorted((tmp / "results" / "logs").rglob("*.log"))
         tails = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in logs)
@@ -463,7 +473,7 @@ def quick(tmp_path_factory) -> Path:
 
 def test_quick_metrics_have_a_row_per_variant_and_seed(quick):
     metrics = pd.read_csv(quick / "results" / "metrics.csv")
-    expected = {(v, s) for v in QUICK["variants"] for s in QUICK["seeds"]}
+    expected = {(v, s) for v in QUICK_VARIANTS for s in QUICK["seeds"]}
     assert len(metrics) == len(expected)
     assert set(zip(metrics["variant"], metrics["seed"], strict=True)) == expected
     assert all(math.isfinite(x) for x in metrics["test_neg_elbo"])
@@ -471,7 +481,7 @@ def test_quick_metrics_have_a_row_per_variant_and_seed(quick):
 
 
 def test_quick_writes_every_figure(quick):
-    names = figure_names(list(QUICK["variants"]), tuning=False)
+    names = figure_names(list(QUICK_VARIANTS), tuning=False)
     for name in names:
         png = quick / "figures" / f"{name}.png"
         pdf = quick / "figures" / f"{name}.pdf"
@@ -481,7 +491,7 @@ def test_quick_writes_every_figure(quick):
 
 def test_quick_logs_and_benchmarks(quick):
     results = quick / "results"
-    for variant in QUICK["variants"]:
+    for variant in QUICK_VARIANTS:
         for seed in QUICK["seeds"]:
             for stage in ("train", "evaluate"):
                 bench = pd.read_csv(
@@ -499,26 +509,26 @@ def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick, tmp_path)
     """As after a lost Snakemake: a copy of the finished quick run (file times kept) at paths
     Snakemake has no records of; the settings files' keys (and their times) are all that
     decide."""
-    configs = ["config/quick.yaml"]
+    configs = QUICK_CONFIGS
     for folder in ("results", "figures"):
         shutil.copytree(quick / folder, tmp_path / folder)
     assert dry_run(tmp=tmp_path, configfiles=configs) == {}, "no record is no reason to rerun"
     # one variant's learning rate: that variant's runs and what reads them, nothing else
-    lr = [*configs, write_config(tmp_path, "variants: {iaf: {train: {lr: 0.002}}}\n")]
+    lr = [*configs, write_config(tmp_path, "variants: {cotflow: {train: {lr: 0.002}}}\n")]
     proc = snakemake("-n", tmp=tmp_path, configfiles=lr)
     text = output(proc)
     assert proc.returncode == 0, text
-    assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text
+    assert "runs/cotflow/seed0: its settings changed; it will be rebuilt" in text
     jobs = job_counts(text)
     assert jobs["train"] == jobs["evaluate"] == len(QUICK["seeds"])
     assert "prepare" not in jobs
-    # the settings files are back as they were: without records times count, so the iaf
+    # the settings files are back as they were: without records times count, so the cotflow
     # runs rerun (a setting changed and changed back is a change of its settings files)
     jobs = dry_run(tmp=tmp_path, configfiles=configs)
     assert jobs["train"] == len(QUICK["seeds"])
     # a model whose key is not its settings file's (finished after the change) is refused
-    run_dir = tmp_path / "results" / "runs" / "iaf" / "seed0"
-    settings = tmp_path / "results" / "settings" / "evaluate" / "iaf" / "seed0.json"
+    run_dir = tmp_path / "results" / "runs" / "cotflow" / "seed0"
+    settings = tmp_path / "results" / "settings" / "evaluate" / "cotflow" / "seed0.json"
     snakemake("-n", tmp=tmp_path, configfiles=lr)  # rewrites the settings file
     env = pipeline.environment()
     done = subprocess.run(
@@ -533,16 +543,14 @@ def test_quick_stale_runs_are_rebuilt_without_snakemake_records(quick, tmp_path)
 def test_quick_evaluate_settings_do_not_retrain(quick):
     """A job's params hold only the config sections it reads."""
     extra = write_config(quick, "evaluate: {iwae_k: 7}\n")
-    jobs = dry_run(tmp=quick, configfiles=["config/quick.yaml", extra])
-    assert jobs["evaluate"] == len(QUICK["variants"]) * len(QUICK["seeds"])
+    jobs = dry_run(tmp=quick, configfiles=[*QUICK_CONFIGS, extra])
+    assert jobs["evaluate"] == len(QUICK_VARIANTS) * len(QUICK["seeds"])
     assert "train" not in jobs and "prepare" not in jobs and "download" not in jobs
 
 
 def test_quick_mirror_setting_that_names_the_same_files_reruns_nothing(quick):
     mirror = pipeline.environment()["FLOWVAE_MNIST_MIRROR"]
-    jobs = dry_run(
-        tmp=quick, configfiles=["config/quick.yaml"], config=[f"data={{mirror: {mirror}}}"]
-    )
+    jobs = dry_run(tmp=quick, configfiles=QUICK_CONFIGS, config=[f"data={{mirror: {mirror}}}"])
     assert jobs == {}
 
 
@@ -550,7 +558,7 @@ def test_quick_settings_that_never_change_a_result_rerun_nothing(quick):
     """Device, checkpoint interval and threads are runtime settings: not in any key."""
     jobs = dry_run(
         tmp=quick,
-        configfiles=["config/quick.yaml"],
+        configfiles=QUICK_CONFIGS,
         config=["train={checkpoint_every: 3, device: cpu, threads: 2}", "evaluate={threads: 2}"],
     )
     assert jobs == {}
@@ -560,7 +568,7 @@ def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
     extra = write_config(
         quick, "sweeps: {lr: {key: train.lr, values: [3.0e-4], variants: [standard], seeds: [0]}}"
     )
-    configs = ["config/quick.yaml", extra]
+    configs = [*QUICK_CONFIGS, extra]
     jobs = dry_run(tmp=quick, configfiles=configs)
     assert jobs["train_sweep"] == jobs["evaluate_sweep"] == 1
     assert not {"download", "prepare", "train", "evaluate", "aggregate", "figure_test_loss"} & set(
@@ -575,7 +583,7 @@ def test_quick_sweep_passes_its_value_and_leaves_the_study_alone(quick):
 
 def test_quick_report(quick):
     html = quick / "report.html"
-    proc = snakemake("--report", html, tmp=quick, configfiles=["config/quick.yaml"])
+    proc = snakemake("--report", html, tmp=quick, configfiles=QUICK_CONFIGS)
     assert proc.returncode == 0, output(proc)
     assert html.stat().st_size > 10_000
     assert "<html" in html.read_text(errors="replace")[:2000].lower()
@@ -591,7 +599,7 @@ def test_quick_figures_redraw_from_their_data_without_the_runs(quick, tmp_path):
     stamp = time.time() - 5
     for path in copy.rglob("*"):
         os.utime(path, (stamp, stamp))
-    configs = ["config/quick.yaml"]
+    configs = QUICK_CONFIGS
     pngs = {rule: copy / "figures" / f"{rule[7:]}.png" for rule in FIGURE_RULES}
     before = {rule: png.read_bytes() for rule, png in pngs.items()}
     for rule, png in pngs.items():
@@ -615,15 +623,30 @@ FIGURE_RULES = ("figure_test_loss", "figure_posterior_panel")  # a table and a g
 def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
     figure = quick / "figures" / "test_loss.png"
     figure.unlink()
-    assert dry_run(figure, tmp=quick, configfiles=["config/quick.yaml"]) == {
+    assert dry_run(figure, tmp=quick, configfiles=QUICK_CONFIGS) == {
         "figure_test_loss": 1,
         "total": 1,
     }
-    proc = snakemake("--cores", "2", tmp=quick, configfiles=["config/quick.yaml"])
+    proc = snakemake("--cores", "2", tmp=quick, configfiles=QUICK_CONFIGS)
     assert proc.returncode == 0, output(proc)
     assert re.search(r"figure_test_loss\s+1", output(proc))
     assert figure.exists()
-    assert dry_run(tmp=quick, configfiles=["config/quick.yaml"]) == {}
+    assert dry_run(tmp=quick, configfiles=QUICK_CONFIGS) == {}
+
+
+@pytest.mark.slow  # about 3.5 minutes: the quick study with all four variants (test-all, CI)
+def test_quick_study_of_every_variant_end_to_end(tmp_path):
+    """config/quick.yaml as it is: every variant trains and evaluates, and every figure of the
+    four is drawn."""
+    run_dir = quick_run(tmp_path, ["config/quick.yaml"])
+    metrics = pd.read_csv(run_dir / "results" / "metrics.csv")
+    expected = {(v, s) for v in QUICK["variants"] for s in QUICK["seeds"]}
+    assert set(zip(metrics["variant"], metrics["seed"], strict=True)) == expected
+    assert len(metrics) == len(expected) and metrics["exact_nll"].notna().all()
+    for name in figure_names(list(QUICK["variants"]), tuning=False):
+        assert (run_dir / "figures" / f"{name}.png").exists(), name
+    summary = (run_dir / "results" / "summary.md").read_text()
+    assert all(f"{v} vs standard" in summary for v in ("iaf", "pcpmap", "cotflow"))
 
 
 @pytest.mark.slow  # 87 s: a whole quick study of its own (make test-all, CI)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
 from flowvae.vae import VAE
+
+#: train.precision -> the dtype of the encoder's and decoder's matrix products
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def reduced_products(x: torch.Tensor, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``x``'s device (None: no autocast, float32 throughout)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, dtype=dtype)
 
 
 def elbo_terms(
@@ -15,6 +26,7 @@ def elbo_terms(
     n_samples: int = 1,
     beta: float = 1.0,
     generator: torch.Generator | None = None,
+    products: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-image Monte Carlo terms with S samples z ~ q(z|x):
 
@@ -23,10 +35,20 @@ def elbo_terms(
 
     where penalty is the posterior family's training penalty (``transform_with_penalty``; 0 for
     most families). Only ``loss`` contains it; ``neg_elbo``, ``rec`` and ``reg`` never do.
+
+    With ``products`` (e.g. torch.bfloat16) the encoder's and decoder's layers run under
+    autocast to that dtype; their outputs return to float32, and the posterior family, the
+    pixel sum of log p(x|z) and every term stay float32.
     """
-    mu, log_sigma, h = model.encode(x)
+    with reduced_products(x, products):
+        mu, log_sigma, h = model.encode(x)
+    if products is not None:
+        mu, log_sigma = mu.float(), log_sigma.float()
+        h = None if h is None else h.float()
     z, log_q, penalty = model.posterior.sample_with_penalty(mu, log_sigma, h, n_samples, generator)
-    rec = -model.log_likelihood(x, z).mean(0)
+    with reduced_products(x, products):
+        logits = model.decoder(z)
+    rec = -model.bernoulli_log_likelihood(x, logits.float()).mean(0)
     reg = (log_q - model.log_prior(z)).mean(0)
     loss = rec + beta * reg + penalty.mean(0)
     return {"loss": loss, "neg_elbo": rec + reg, "rec": rec, "reg": reg}

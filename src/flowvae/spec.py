@@ -80,6 +80,7 @@ class TrainSpec:
     lr_min: float
     schedule: str
     optimizer: str
+    precision: str
     betas: tuple[float, float]
     weight_decay: float
     kl_warmup_epochs: int

@@ -24,7 +24,7 @@ from flowvae import io, modelfile
 from flowvae.errors import FlowvaeError, StaleRunError, TrainingError
 from flowvae.lock import run_lock
 from flowvae.modelfile import pick_device
-from flowvae.objectives import elbo_terms
+from flowvae.objectives import PRECISIONS, elbo_terms
 from flowvae.spec import RunSpec, TrainSpec
 from flowvae.vae import VAE, build_model
 
@@ -181,7 +181,8 @@ def resume_from_checkpoint(state: TrainState, spec: RunSpec, path: Path) -> bool
 def train_epoch(
     state: TrainState, x: torch.Tensor, t: TrainSpec, beta: float, label: str = ""
 ) -> dict[str, float]:
-    """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg). Returns the
+    """One pass over ``x`` in shuffled batches: Adam on mean(rec + beta * reg), the encoder's
+    and decoder's products in ``t.precision``. Returns the
     mean negative ELBO over the epoch's images (``train_loss``), and with ``t.grad_clip`` the
     median gradient norm before clipping (``grad_norm``) and the fraction of steps the clip
     shortened (``clipped``).
@@ -196,10 +197,10 @@ def train_epoch(
     losses = torch.empty(n_batches, device=x.device)
     norms = torch.full((n_batches,), math.nan, device=x.device)
     neg_elbo_sum = torch.zeros((), device=x.device)
+    products = PRECISIONS[t.precision]
     for b in range(n_batches):
-        terms = elbo_terms(
-            state.model, x[order[b * bs : (b + 1) * bs]], t.samples, beta, state.noise_gen
-        )
+        batch = x[order[b * bs : (b + 1) * bs]]
+        terms = elbo_terms(state.model, batch, t.samples, beta, state.noise_gen, products)
         loss = terms["loss"].mean()
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()

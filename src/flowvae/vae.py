@@ -39,7 +39,11 @@ class VAE(nn.Module):
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) = sum_j [x_j l_j - softplus(l_j)] for z (S, B, d), x (B, 784) -> (S, B)."""
-        logits = self.decoder(z)
+        return self.bernoulli_log_likelihood(x, self.decoder(z))
+
+    @staticmethod
+    def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """sum_j [x_j l_j - softplus(l_j)] over the last axis (pixels), broadcast over the rest."""
         return (x * logits - F.softplus(logits)).sum(-1)
 
     @staticmethod
