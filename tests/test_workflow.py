@@ -253,6 +253,15 @@ def test_an_archive_copy_redraws_each_committed_figure_with_one_job(tmp_path):
     for png in ARCHIVE_DRAWN:
         for path in (png, png.replace(".png", ".pdf")):
             assert (copy / path).read_bytes() == (REPO_ROOT / path).read_bytes(), path
+    damaged = "results/figdata/test_loss.csv"  # a damaged figure data file is named
+    (copy / damaged).write_text("variant,seed\nstandard,0\n")
+    proc = subprocess.run(
+        [*command, "-f", ARCHIVE_DRAWN[0]],
+        cwd=copy, env=pipeline.environment(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    log = (copy / "results" / "logs" / "figures" / "test_loss.log").read_text()
+    assert f"figure data file {damaged} of figure test_loss is damaged" in log, log
 
 
 def test_sweep_runs_each_value_with_its_settings_file(tmp_path):
@@ -587,37 +596,6 @@ def test_quick_report(quick):
     assert proc.returncode == 0, output(proc)
     assert html.stat().st_size > 10_000
     assert "<html" in html.read_text(errors="replace")[:2000].lower()
-
-
-def test_quick_figures_redraw_from_their_data_without_the_runs(quick, tmp_path):
-    """As on a fresh clone: the figure data and figures, no run's files, every file one time.
-    A table-based and a grid-based figure each redraw with one job, to the same bytes; a
-    damaged figure data file is named."""
-    copy = tmp_path / "clone"
-    shutil.copytree(quick / "figures", copy / "figures")
-    shutil.copytree(quick / "results" / "figdata", copy / "results" / "figdata")
-    stamp = time.time() - 5
-    for path in copy.rglob("*"):
-        os.utime(path, (stamp, stamp))
-    configs = QUICK_CONFIGS
-    pngs = {rule: copy / "figures" / f"{rule[7:]}.png" for rule in FIGURE_RULES}
-    before = {rule: png.read_bytes() for rule, png in pngs.items()}
-    for rule, png in pngs.items():
-        png.unlink()
-        assert dry_run(png, tmp=copy, configfiles=configs) == {rule: 1, "total": 1}
-    proc = snakemake(*pngs.values(), "--cores", "1", tmp=copy, configfiles=configs)
-    assert proc.returncode == 0, output(proc)
-    assert job_counts(output(proc)) == {**dict.fromkeys(pngs, 1), "total": len(pngs)}
-    assert {rule: png.read_bytes() for rule, png in pngs.items()} == before
-    damaged = copy / "results" / "figdata" / "test_loss.csv"
-    damaged.write_text("variant,seed\nstandard,0\n")
-    proc = snakemake(pngs["figure_test_loss"], "--cores", "1", "-f", tmp=copy, configfiles=configs)
-    assert proc.returncode != 0
-    log = (copy / "results" / "logs" / "figures" / "test_loss.log").read_text()
-    assert f"figure data file {damaged} of figure test_loss is damaged" in log, log
-
-
-FIGURE_RULES = ("figure_test_loss", "figure_posterior_panel")  # a table and a grid
 
 
 def test_quick_deleted_figure_reruns_alone_then_nothing_to_do(quick):
