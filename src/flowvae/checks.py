@@ -54,19 +54,21 @@ def _check(value: float, threshold: float, op: str, what: str, why: str = "") ->
     }
 
 
-def run_checks(table: pd.DataFrame, iwae_check: dict, quad: dict | None = None) -> dict[str, dict]:
+def run_checks(
+    table: pd.DataFrame, iwae_check: dict, quad: dict | None = None, elbo_tol: float = ELBO_TOL
+) -> dict[str, dict]:
     """Every check of one evaluation: name -> value, threshold, op, passed, what it means, and
-    why (which images, what limit they reached)."""
-    over = table[table["neg_elbo_err"] > ELBO_TOL]
+    why (which images, what limit they reached); ``elbo_tol`` is evaluate.elbo_tol."""
+    over = table[table["neg_elbo_err"] > elbo_tol]
     capped = int((over["neg_elbo_replicas"] >= ELBO_MAX_REPLICAS).sum())
     worst = table.loc[table["neg_elbo_err"].idxmax()]
     checks = {
         "elbo_error": _check(
             float(table["neg_elbo_err"].max()),
-            ELBO_TOL,
+            elbo_tol,
             "<=",
             "largest per-image -ELBO error",
-            f"{len(over)} images over {ELBO_TOL} nats, {capped} of them at the cap of "
+            f"{len(over)} images over {elbo_tol} nats, {capped} of them at the cap of "
             f"{ELBO_MAX_REPLICAS} replicas of {ELBO_POINTS} points; worst image "
             f"{int(worst['index'])} (error {worst['neg_elbo_err']:.4g} after "
             f"{int(worst['neg_elbo_replicas'])} replicas)",

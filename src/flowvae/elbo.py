@@ -28,7 +28,7 @@ BATCH = 500  # images per decoder pass
 ELBO_POINTS = 8  # scrambled Sobol points per replica of the per-image ELBO (with the control)
 ELBO_REPLICAS = 8  # replicas per round (the standard error has ELBO_REPLICAS - 1 dof)
 ELBO_MAX_REPLICAS = 4096  # the few images with a rough integrand get up to 32768 points
-ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO
+ELBO_TOL = 0.05  # nats: largest stated error of a per-image -ELBO (evaluate.elbo_tol)
 
 
 def base_points(rule: str, n: int, seed: int = 0, dtype=torch.float32, dim: int = 2):
@@ -184,10 +184,12 @@ def rqmc_elbo(
 
 
 @torch.no_grad()
-def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False) -> dict:
+def adaptive_elbo(
+    model: VAE, x: torch.Tensor, seed: int, progress: bool = False, tol: float = ELBO_TOL
+) -> dict:
     """``rqmc_elbo`` with ELBO_REPLICAS replicas of ELBO_POINTS points per image, then more
     replicas (ELBO_REPLICAS at a time, up to ELBO_MAX_REPLICAS) for the images whose standard
-    error still exceeds ELBO_TOL * 0.8; every replica of an image uses its own scrambling."""
+    error still exceeds 0.8 tol; every replica of an image uses its own scrambling."""
     parts = [control_anchor(model, x[i : i + BATCH]) for i in range(0, x.shape[0], BATCH)]
     anchor = {k: torch.cat([p[k] for p in parts], -1) for k in parts[0]}
     acc, todo, r0 = Replicas(x.shape[0], x.device), torch.arange(x.shape[0], device=x.device), 0
@@ -200,5 +202,5 @@ def adaptive_elbo(model: VAE, x: torch.Tensor, seed: int, progress: bool = False
                 acc.add(idx, controlled_rule(model, x[idx], *rule, own))
         r0 += ELBO_REPLICAS
         out = acc.result(torch.float64)
-        todo = (out["neg_elbo_err"] > 0.8 * ELBO_TOL).nonzero()[:, 0]
+        todo = (out["neg_elbo_err"] > 0.8 * tol).nonzero()[:, 0]
     return acc.result(x.dtype)

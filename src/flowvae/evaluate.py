@@ -63,7 +63,7 @@ def test_terms(
 ) -> dict[str, np.ndarray]:
     """Per image: -ELBO and its terms with a standard error (``adaptive_elbo``), IWAE NLL."""
     with timed(seconds, "elbo"):
-        out = adaptive_elbo(model, x, ecfg.seed, progress)
+        out = adaptive_elbo(model, x, ecfg.seed, progress, ecfg.elbo_tol)
     with timed(seconds, "iwae"):
         iwae = [
             iwae_nll(model, x[i : i + BATCH], ecfg.iwae_k, ecfg.chunk, gen)
@@ -239,7 +239,7 @@ TRAIN_KEYS = (
 
 def metrics_of(record: dict, table: pd.DataFrame, info: dict, check: pd.DataFrame, extra: dict):
     """metrics.json: means of the table, the gap statistics, the checks, the step summaries and
-    the training record's figures (``extra``: seconds and the step doubling)."""
+    the training record's figures (``extra``: seconds, the step doubling, evaluate.elbo_tol)."""
     exact = table["exact_nll"].notna().any()
     iwae_check = check_summary(check)
     gap = table["gap"].dropna()
@@ -262,13 +262,14 @@ def metrics_of(record: dict, table: pd.DataFrame, info: dict, check: pd.DataFram
         **extra["seconds"],
         "elbo_rule": {
             "points": ELBO_POINTS,
+            "tol": extra["elbo_tol"],
             "replicas": ELBO_REPLICAS,
             "max_replicas": ELBO_MAX_REPLICAS,
             "images_with_more_replicas": int((table["neg_elbo_replicas"] > ELBO_REPLICAS).sum()),
         },
         "quadrature": {k: v for k, v in info.items() if k != "grids"},
         "iwae_check": iwae_check,
-        "checks": run_checks(table, iwae_check, info),
+        "checks": run_checks(table, iwae_check, info, extra["elbo_tol"]),
         **({"step_doubling": extra["doubling"]} if extra["doubling"] else {}),
         **{k: record["summary"][k] for k in TRAIN_KEYS},
     }
@@ -312,7 +313,8 @@ def evaluate(
         "seconds": seconds,
     }
     table = per_image_table(record, data, per_image, quad)
-    metrics = metrics_of(record, table, info, check, {"seconds": timing, "doubling": doubling})
+    extra = {"seconds": timing, "doubling": doubling, "elbo_tol": ecfg.elbo_tol}
+    metrics = metrics_of(record, table, info, check, extra)
     metrics = {"key": spec.key("evaluate"), **metrics}
     io.write_csv(table, out_dir / "per_image.csv")
     check.insert(0, "seed", record["seed"])

@@ -108,6 +108,7 @@ class EvaluateSpec:
     check_images: int
     check_ks: tuple[int, ...]
     check_repeats: int
+    elbo_tol: float
     threads: int = field(default=1, metadata=RUNTIME)
 
 
