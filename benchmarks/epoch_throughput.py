@@ -16,14 +16,16 @@ For every variant of the config this measures:
    operator): the matrix products (mm, addmm, bmm), the optimizer step, and the rest (the
    small elementwise operations and autograd's bookkeeping around them).
 
-It ends with a table and a check of the targets on a 2-core CPU: IAF <= 1.5x and PCP-Map <= 2.5x
-the standard epoch time; the standard epoch within 1.5x its FLOP floor, IAF and PCP-Map within
-2x theirs (a MISS is reported, not an error).
+It ends with a table and a check of the targets: IAF <= 1.5x, PCP-Map <= 2.5x and COT-Flow <=
+5x the standard epoch time, and every epoch within 1.3x its FLOP floor in float32 at 1 thread
+(a MISS is reported, not an error). ``--set train.precision=bfloat16`` times the trainer's
+bfloat16 mode against the same float32 floor.
 
     .venv/bin/python benchmarks/epoch_throughput.py                  # study config, all cores
     .venv/bin/python benchmarks/epoch_throughput.py --threads 2 --json epoch.json
     .venv/bin/python benchmarks/epoch_throughput.py --images 256 --repeats 1 --set model.hidden=[32]
     .venv/bin/python benchmarks/epoch_throughput.py --threads 1 --images 5120 --profile
+    .venv/bin/python benchmarks/epoch_throughput.py --threads 1 --set train.precision=bfloat16
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from flowvae.vae import DATA_DIM
 REPO = Path(__file__).resolve().parents[1]
 # family -> max epoch time relative to the Gaussian (COT-Flow: at most 2x PCP-Map's target)
 TARGETS = {"iaf": 1.5, "pcpmap": 2.5, "cotflow": 5.0}
-# family -> max epoch time relative to its own FLOP floor at the layer-GEMM rate
-FLOOR_TARGETS = {"gaussian": 1.5, "iaf": 2.0, "pcpmap": 2.0}
+# max epoch time relative to the variant's own FLOP floor at the layer-GEMM rate, every family,
+# in float32 at 1 thread (the pipeline's setting)
+FLOOR_TARGET = 1.3
 COLUMNS = {  # column -> format of the final table
     "family": "{}",
     "params": "{:,}",
@@ -311,16 +314,11 @@ def main() -> None:
         if r["family"] in TARGETS
     ]
     checks += [
-        (
-            f"{r['variant']} epoch <= {FLOOR_TARGETS[r['family']]}x its FLOP floor",
-            r["over_floor"],
-            FLOOR_TARGETS[r["family"]],
-        )
+        (f"{r['variant']} epoch <= {FLOOR_TARGET}x its FLOP floor", r["over_floor"], FLOOR_TARGET)
         for r in rows
-        if r["family"] in FLOOR_TARGETS
     ]
-    note = "" if args.threads == 2 else f" (set for 2 threads; this run used {args.threads})"
-    print(f"\ntargets on a 2-core CPU{note}:")
+    note = "" if args.threads == 1 else f"; this run used {args.threads}"
+    print(f"\ntargets (float32, 1 thread{note}):")
     targets = []
     for name, value, limit in checks:
         targets.append({"target": name, "value": value, "limit": limit, "pass": value <= limit})

@@ -92,6 +92,21 @@ def test_elbo_agrees_with_monte_carlo_and_is_below_log_px(family):
     assert torch.all(-out["neg_elbo"] < log_px)
 
 
+def test_elbo_tolerance_decides_the_replicas_and_the_check():
+    """evaluate.elbo_tol: a looser tolerance stops with fewer replicas and a larger stated
+    error below it; the elbo_error check compares with the tolerance it is given."""
+    model, x = trained_like_model("gaussian", seed=3), images(seed=4)
+    tight = adaptive_elbo(model, x, seed=0, tol=0.01)
+    loose = adaptive_elbo(model, x, seed=0, tol=1.0)
+    assert torch.all(tight["neg_elbo_err"] <= 0.01) and torch.all(loose["neg_elbo_err"] <= 1.0)
+    assert tight["replicas"].sum() > loose["replicas"].sum()
+    assert float(tight["neg_elbo_err"].max()) < float(loose["neg_elbo_err"].max())
+    iwae = {"k_max": 100, "max_excess_beyond_noise": -0.2}
+    errors = table(neg_elbo_err=[0.2, 0.0])
+    assert not run_checks(errors, iwae)["elbo_error"]["passed"]
+    assert run_checks(errors, iwae, elbo_tol=0.5)["elbo_error"]["passed"]
+
+
 def table(**columns) -> pd.DataFrame:
     base = {
         "neg_elbo": [120.0, 130.0],

@@ -486,6 +486,11 @@ def test_quick_metrics_have_a_row_per_variant_and_seed(quick):
     assert set(zip(metrics["variant"], metrics["seed"], strict=True)) == expected
     assert all(math.isfinite(x) for x in metrics["test_neg_elbo"])
     assert (quick / "results" / "summary.md").read_text().strip()
+    record = json.loads(
+        (quick / "results" / "eval" / "standard" / "seed0" / "metrics.json").read_text()
+    )
+    tol = QUICK["evaluate"]["elbo_tol"]  # the config's tolerance reaches the evaluation
+    assert record["elbo_rule"]["tol"] == record["checks"]["elbo_error"]["threshold"] == tol
 
 
 def test_quick_writes_every_figure(quick):
