@@ -2,7 +2,7 @@
 #   make reproduce   the study (config/config.yaml), figures and summary
 #   make quick       a tiny run of every step (config/quick.yaml)
 #   make tuning      the tuning stage of the hyperparameter protocol, then adopt its selection
-#   make test        the default test suite (about 15 minutes on 2 cores)
+#   make test        the default test suite (about 7 minutes on 2 cores)
 #   make test-all    the default suite and the long checks (what CI runs)
 #   make mutations   every deliberately wrong formula of tests/mutations.py must fail a test
 #   make lint        snakemake --lint, snakefmt, ruff
