@@ -37,18 +37,17 @@ def elbo_terms(
     most families). Only ``loss`` contains it; ``neg_elbo``, ``rec`` and ``reg`` never do.
 
     With ``products`` (e.g. torch.bfloat16) the encoder's and decoder's layers run under
-    autocast to that dtype; their outputs return to float32, and the posterior family, the
-    pixel sum of log p(x|z) and every term stay float32.
+    autocast to that dtype; their outputs return to x's dtype (a no-op without autocast), and
+    the posterior family, the pixel sum of log p(x|z) and every term stay in it.
     """
     with reduced_products(x, products):
         mu, log_sigma, h = model.encode(x)
-    if products is not None:
-        mu, log_sigma = mu.float(), log_sigma.float()
-        h = None if h is None else h.float()
+    mu, log_sigma = mu.to(x.dtype), log_sigma.to(x.dtype)
+    h = None if h is None else h.to(x.dtype)
     z, log_q, penalty = model.posterior.sample_with_penalty(mu, log_sigma, h, n_samples, generator)
     with reduced_products(x, products):
         logits = model.decoder(z)
-    rec = -model.bernoulli_log_likelihood(x, logits.float()).mean(0)
+    rec = -model.bernoulli_log_likelihood(x, logits.to(x.dtype)).mean(0)
     reg = (log_q - model.log_prior(z)).mean(0)
     loss = rec + beta * reg + penalty.mean(0)
     return {"loss": loss, "neg_elbo": rec + reg, "rec": rec, "reg": reg}
