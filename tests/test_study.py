@@ -155,3 +155,35 @@ def test_settings_files_hold_the_key_and_change_only_with_it(tmp_path):
     # and changing it back writes the first text again: the key is all that counts
     make_study(tmp_path).write_settings()
     assert json.loads(path.read_text()) == tree
+
+
+def test_outputs_recording_another_key_are_rebuilt_though_the_settings_did_not_change(tmp_path):
+    """A cluster job that outlived its Snakemake finishes after the settings were rewritten,
+    and Snakemake touches its outputs: they are newer than the settings but hold the old
+    key. The next parse touches the settings file (Snakemake reruns the job) and says so;
+    outputs holding the settings' key are left alone."""
+    s = make_study(tmp_path)
+    s.write_settings()
+    old = time.time() - 1000
+    for p in _files(s):
+        os.utime(p, (old, old))
+    stale, current = (("iaf", 0), ("standard", 0))
+    for (variant, seed), key in ((stale, "0123456789abcdef"), (current, None)):
+        settings = Path(s.run_file("train_settings", variant, seed))
+        key = key or json.loads(settings.read_text())["key"]
+        model = Path(s.run_file("model", variant, seed))
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"x")
+        Path(s.run_file("train_summary", variant, seed)).write_text(json.dumps({"key": key}))
+    before = _files(s)
+    notes = make_study(tmp_path).write_settings()
+    after = _files(s)
+    touched = [p for p in after if after[p] != before[p]]
+    assert touched == [Path(s.run_file("train_settings", *stale))]
+    assert after[touched[0]][0] == before[touched[0]][0], "the text is the same"
+    model = Path(s.run_file("model", *stale))
+    assert after[touched[0]][1] >= model.stat().st_mtime
+    assert notes == [
+        f"flowvae: {model.parent}: made with other settings than {touched[0]} holds (a job "
+        "that outlived its Snakemake?); it will be rebuilt"
+    ]

@@ -2,7 +2,10 @@
 
 A job's settings file is rewritten only when its text changes, and its text changes exactly
 when its key does; Snakemake reruns a job whose input is newer than its outputs, so that is the
-one staleness rule. What never changes a result (device, checkpoint interval) goes to one
+one staleness rule. A finished job's outputs record the key they were made with; when that
+differs from its settings file's (a cluster job that outlived its Snakemake finished after the
+rewrite, and Snakemake touched its outputs), the settings file is touched so the rule reruns
+it. What never changes a result (device, checkpoint interval) goes to one
 runtime file per results root, which the rules read as ``ancient`` (its time never reruns
 anything); threads come with ``--threads``.
 """
@@ -10,6 +13,7 @@ anything); threads come with ``--threads``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +24,21 @@ from flowvae.spec import RunSpec
 
 @dataclass(frozen=True)
 class Job:
-    """One job's settings file, its content, and the output whose presence means "done"."""
+    """One job's settings file, its content, the output whose presence means "done", and the
+    output (JSON) that records the key the outputs were made with, when there is one."""
 
     path: Path
     tree: dict
     done: Path
+    record: Path | None = None
+
+
+def recorded_key(path: Path) -> str | None:
+    """The "key" of the JSON file ``path``; None when it cannot be read."""
+    try:
+        return json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_if_changed(path: Path, obj: dict) -> bool:
@@ -40,19 +54,28 @@ def run_jobs(spec: RunSpec, files: dict[str, str]) -> list[Job]:
     """The train and evaluate settings files of one run (``files``: kind -> path)."""
     return [
         Job(Path(files["train_settings"]), spec_mod.settings_tree(spec, "train"),
-            Path(files["model"])),
+            Path(files["model"]), Path(files["train_summary"])),
         Job(Path(files["evaluate_settings"]), spec_mod.settings_tree(spec, "evaluate"),
-            Path(files["metrics"])),
+            Path(files["metrics"]), Path(files["metrics"])),
     ]  # fmt: skip
 
 
 def write(jobs: list[Job]) -> list[str]:
-    """Write every job's settings file that changed; a log line for each finished job whose
-    settings changed (Snakemake reruns it)."""
+    """Write every job's settings file that changed, and touch that of every finished job
+    whose outputs record another key; a log line for each (Snakemake reruns them)."""
     notes = []
     for job in jobs:
-        if write_if_changed(job.path, job.tree) and job.done.exists():
+        written = write_if_changed(job.path, job.tree)
+        if not job.done.exists():
+            continue
+        if written:
             notes.append(f"flowvae: {job.done.parent}: its settings changed; it will be rebuilt")
+        elif job.record is not None and recorded_key(job.record) != job.tree["key"]:
+            os.utime(job.path)  # now newer than the outputs
+            notes.append(
+                f"flowvae: {job.done.parent}: made with other settings than "
+                f"{job.path} holds (a job that outlived its Snakemake?); it will be rebuilt"
+            )
     return notes
 
 
