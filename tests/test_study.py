@@ -161,20 +161,25 @@ def test_outputs_recording_another_key_are_rebuilt_though_the_settings_did_not_c
     """A cluster job that outlived its Snakemake finishes after the settings were rewritten,
     and Snakemake touches its outputs: they are newer than the settings but hold the old
     key. The next parse touches the settings file (Snakemake reruns the job) and says so;
-    outputs holding the settings' key are left alone."""
+    outputs holding the settings' key, or none (an empty record), are left alone."""
     s = make_study(tmp_path)
     s.write_settings()
     old = time.time() - 1000
     for p in _files(s):
         os.utime(p, (old, old))
-    stale, current = (("iaf", 0), ("standard", 0))
-    for (variant, seed), key in ((stale, "0123456789abcdef"), (current, None)):
+    stale, current, unknown = ("iaf", 0), ("standard", 0), ("standard", 1)
+    for (variant, seed), record in (
+        (stale, json.dumps({"key": "0123456789abcdef"})),
+        (current, None),
+        (unknown, ""),
+    ):
         settings = Path(s.run_file("train_settings", variant, seed))
-        key = key or json.loads(settings.read_text())["key"]
+        if record is None:
+            record = json.dumps({"key": json.loads(settings.read_text())["key"]})
         model = Path(s.run_file("model", variant, seed))
         model.parent.mkdir(parents=True)
         model.write_bytes(b"x")
-        Path(s.run_file("train_summary", variant, seed)).write_text(json.dumps({"key": key}))
+        Path(s.run_file("train_summary", variant, seed)).write_text(record)
     before = _files(s)
     notes = make_study(tmp_path).write_settings()
     after = _files(s)

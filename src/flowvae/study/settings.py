@@ -34,7 +34,8 @@ class Job:
 
 
 def recorded_key(path: Path) -> str | None:
-    """The "key" of the JSON file ``path``; None when it cannot be read."""
+    """The "key" of the JSON file ``path``; None when it records none or cannot be read (a
+    file whose key is unknown is left alone: only a recorded other key reruns a job)."""
     try:
         return json.loads(path.read_text()).get("key")
     except (OSError, ValueError, AttributeError):
@@ -70,7 +71,7 @@ def write(jobs: list[Job]) -> list[str]:
             continue
         if written:
             notes.append(f"flowvae: {job.done.parent}: its settings changed; it will be rebuilt")
-        elif job.record is not None and recorded_key(job.record) != job.tree["key"]:
+        elif job.record is not None and recorded_key(job.record) not in (None, job.tree["key"]):
             os.utime(job.path)  # now newer than the outputs
             notes.append(
                 f"flowvae: {job.done.parent}: made with other settings than "
