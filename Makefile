@@ -2,7 +2,7 @@
 #   make reproduce   the study (config/config.yaml), figures and summary
 #   make quick       a tiny run of every step (config/quick.yaml)
 #   make tuning      the tuning stage of the hyperparameter protocol, then adopt its selection
-#   make test        the default test suite (about 7 minutes on 2 cores)
+#   make test        the default test suite (about 5 minutes on 2 cores)
 #   make test-all    the default suite and the long checks (what CI runs)
 #   make mutations   every deliberately wrong formula of tests/mutations.py must fail a test
 #   make lint        snakemake --lint, snakefmt, ruff
@@ -33,9 +33,12 @@ tuning: $(PYTHON)
 	$(SNAKEMAKE) --cores $(CORES) tuning
 	$(PYTHON) -m flowvae adopt
 
-# The default suite: everything but the checks of minutes each (marked slow).
+# The default suite: everything but the checks of minutes each (marked slow), one test
+# file per worker process (pytest-xdist; a file's tests share their fixtures and order).
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: $(PYTHON)
-	$(PYTHON) -m pytest -m "not slow and not mutations"
+	$(PYTHON) -m pytest -m "not slow and not mutations" -n $(TEST_WORKERS) --dist loadfile
 
 # What CI runs: the default suite and the slow checks (the quick protocol, kill and resume,
 # --cores 1 against 2, and the SLURM tests (marker slurm), which install and

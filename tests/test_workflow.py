@@ -664,7 +664,7 @@ def test_other_latent_sizes_run_end_to_end(tmp_path):
 
 def test_ci_runs_the_readmes_whole_suite():
     """CI calls the README's test command for the whole suite, and the default suite is the
-    one without the slow checks."""
+    one without the slow checks (one test file per worker process)."""
     script = REPO_ROOT / ".ci" / "run"
     assert os.access(script, os.X_OK)
     lines = [line.strip() for line in script.read_text().splitlines()]
@@ -680,7 +680,7 @@ def test_ci_runs_the_readmes_whole_suite():
         text=True,
     )
     assert make.stdout.splitlines()[-2:] == [
-        '.venv/bin/python -m pytest -m "not slow and not mutations"',
+        '.venv/bin/python -m pytest -m "not slow and not mutations" -n auto --dist loadfile',
         '.venv/bin/python -m pytest -m "not mutations"',
     ], make.stdout
 
