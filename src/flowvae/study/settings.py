@@ -5,9 +5,9 @@ when its key does; Snakemake reruns a job whose input is newer than its outputs,
 one staleness rule. A finished job's outputs record the key they were made with; when that
 differs from its settings file's (a cluster job that outlived its Snakemake finished after the
 rewrite, and Snakemake touched its outputs), the settings file is touched so the rule reruns
-it. What never changes a result (device, checkpoint interval) goes to one
-runtime file per results root, which the rules read as ``ancient`` (its time never reruns
-anything); threads come with ``--threads``.
+it. What never changes a result (device, checkpoint interval) goes to one runtime file per
+results root, which the rules read as ``ancient`` (its time never reruns anything); threads
+come with ``--threads``.
 """
 
 from __future__ import annotations
