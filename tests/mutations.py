@@ -75,6 +75,10 @@ MUTATIONS = [Mutation(*row) for row in [
     ("iaf_update_without_gate", "posteriors/iaf.py",
      "sigma * z + (1 - sigma) * m", "sigma * z + m", POST),
     ("iaf_inverse_multiplies", "posteriors/iaf.py", "m[:, i]) / sigma", "m[:, i]) * sigma", POST),
+    ("iaf_gate_unscaled", "posteriors/iaf.py",
+     "F.logsigmoid(self.gate_scale * s", "F.logsigmoid(s", POST),
+    ("iaf_inverse_gate_unscaled", "posteriors/iaf.py",
+     "torch.sigmoid(self.gate_scale * s[:, i]", "torch.sigmoid(s[:, i]", POST),
     # base family: log q = log N(z0; mu, sigma^2) - log|det dT/dz0|
     ("sample_logdet_sign", "posteriors/base.py", "log_q0 - logdet", "log_q0 + logdet", POST),
     ("log_prob_logdet_sign", "posteriors/base.py",

@@ -88,10 +88,10 @@ def test_an_entry_that_is_no_module_is_refused(pkg):
 # ----------------------------------------------------------------------------- the package
 
 
-def stage_files(stage: str) -> set[str]:
+def stage_files(stage: str, family: str | None = None) -> set[str]:
     return {
         Path(p).resolve().relative_to(codedeps.PACKAGE_DIR).as_posix()
-        for p in codedeps.files(stage)
+        for p in codedeps.files(stage, family)
     }
 
 
@@ -113,6 +113,18 @@ def test_training_and_evaluation_depend_on_every_family_and_the_spec():
     assert not train & {"evaluate.py", "quadrature.py", "figures/style.py", "report.py"}
     assert (train - {"train.py", "lock.py"}) | {"evaluate.py", "quadrature.py"} <= evaluate
     assert "train.py" not in evaluate, "the model file and the device live in modelfile.py"
+
+
+def test_a_run_depends_on_its_own_family_module_only():
+    for family in ("gaussian", "iaf", "pcpmap", "cotflow"):
+        for stage in ("train", "evaluate"):
+            own = {p for p in stage_files(stage, family) if p in FAMILIES}
+            assert own == {
+                "posteriors/__init__.py",
+                "posteriors/base.py",
+                f"posteriors/{family}.py",
+            }
+            assert stage_files(stage, family) | FAMILIES == stage_files(stage) | FAMILIES
 
 
 def test_figures_depend_on_no_model_code():
@@ -222,9 +234,11 @@ def test_editing_the_download_module_reruns_all_but_the_download(finished):
 
 
 @pytest.mark.slow
-def test_editing_a_family_retrains_without_preparing_again(finished):
+def test_editing_a_family_retrains_its_runs_only(finished):
     jobs = reruns(finished, "posteriors/iaf.py")  # imported by nobody: found by pkgutil
-    assert jobs["train"] == finished[2]["train"] and "prepare" not in jobs
+    assert 4 * jobs["train"] == finished[2]["train"]  # 1 of the 4 variants, every seed
+    assert 4 * jobs["evaluate"] == finished[2]["evaluate"] and "prepare" not in jobs
+    assert reruns(finished, "posteriors/base.py")["train"] == finished[2]["train"]
 
 
 @pytest.mark.slow

@@ -51,6 +51,24 @@ def test_iaf_step_jacobian_is_triangular_with_sigma_diagonal(d):
     assert jac.tril(diagonal=-1).abs().sum() > 0, "no autoregressive coupling at all"
 
 
+def test_iaf_gate_scale_scales_the_gate_and_inverts():
+    """sigma = sigmoid(a s + b): the Jacobian's diagonal and the inverse follow a."""
+    torch.manual_seed(3)
+    q = iaf.IAFPosterior(latent_dim=2, context_dim=CTX, steps=2, hidden=16, gate_scale=0.1)
+    q = q.double()
+    for step in q.steps:
+        torch.nn.init.normal_(step.made.out.weight, std=2.0)
+        torch.nn.init.normal_(step.made.out.bias, std=2.0)
+    step, z, h = q.steps[0], torch.randn(2), torch.randn(1, CTX)
+    jac = torch.autograd.functional.jacobian(lambda v: step(v[None], h)[0][0], z)
+    m, s = step.made(z[None], h)
+    assert s.abs().max() > 1  # a scale of 0.1 against 1 makes a difference
+    assert torch.allclose(jac.diagonal(), torch.sigmoid(0.1 * s[0] + step.forget_bias))
+    z0, hs = torch.randn(5, 2), torch.randn(5, CTX)
+    zt, _ = q.transform(z0, hs)
+    assert torch.allclose(q.inverse(zt, hs), z0, atol=1e-10)
+
+
 def test_iaf_outputs_depend_on_context_and_lower_coordinates_only():
     d = 4
     q = make("iaf", d)
@@ -149,6 +167,7 @@ def test_variant_settings_are_checked_against_the_family_schema_and_filled():
         "depth": 2,
         "forget_bias": 1.5,
         "context_norm": True,
+        "gate_scale": 1.0,
     }
     assert out["b"] == {"family": "gaussian"}
     for bad, message in [

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -316,6 +317,8 @@ def test_stages_depend_on_their_package_files(tmp_path):
         if line.strip().startswith("input:")
     )
     assert "src/flowvae/train.py" in train_inputs
+    assert "src/flowvae/posteriors/gaussian.py" in train_inputs  # its own family's module,
+    assert "src/flowvae/posteriors/iaf.py" not in train_inputs  # not its siblings'
     assert "src/flowvae/figures/" not in train_inputs
     assert "src/flowvae/report.py" not in train_inputs
 
@@ -699,3 +702,57 @@ def test_make_sets_up_a_fresh_clone(tmp_path):
         lines = proc.stdout.splitlines()
         assert lines[0] == f"python3.11 -m venv {venv}", target
         assert lines[1] == f"{venv}/bin/python -m pip install -e '.[dev]'", target
+
+
+def test_committed_records_plan_no_job_and_the_missing_runs_all_theirs(tmp_path):
+    """A results root holding records.json keeps its runs: on a fresh clone (no settings
+    files, the code newer than every record, no .snakemake) a finished run whose outputs
+    record its keys plans no job, each missing run all of its own; a record of other settings
+    is rebuilt."""
+    copy, results = pipeline.workflow_copy(tmp_path), tmp_path / "results"
+    proc = pipeline.snakemake("-n", "--quiet", "rules", tmp=tmp_path, cwd=copy)
+    assert proc.returncode == 0, output(proc)
+    full = job_counts(output(proc))
+    kept = [("standard", 0), ("iaf", 0), ("iaf", 1)]
+    lay = study_mod.Layout(str(results), str(tmp_path / "figures"))
+    old = time.time() - 3600
+    for variant, seed in kept:
+        keys = {
+            stage: json.loads(Path(lay.run_file(f"{stage}_settings", variant, seed)).read_text())
+            for stage in ("train", "evaluate")
+        }
+        for kind in ("model", "history", "metrics", "per_image", "grid", "check", "gap_grid",
+                     "train_benchmark", "evaluate_benchmark"):  # fmt: skip
+            Path(lay.run_file(kind, variant, seed)).parent.mkdir(parents=True, exist_ok=True)
+            Path(lay.run_file(kind, variant, seed)).write_bytes(b"x")
+        Path(lay.run_file("train_summary", variant, seed)).write_text(
+            json.dumps({"key": keys["train"]["key"]})
+        )
+        Path(lay.run_file("metrics", variant, seed)).write_text(
+            json.dumps({"key": keys["evaluate"]["key"]})
+        )
+    (results / "records.json").write_text("{}\n")
+    shutil.rmtree(results / "settings")
+    for path in results.rglob("*"):
+        os.utime(path, (old, old))
+    newer = time.time()
+    for path in (copy / "src").rglob("*.py"):
+        os.utime(path, (newer, newer))
+
+    def plan(*configfiles):
+        proc = pipeline.snakemake("-n", "--quiet", "rules", tmp=tmp_path, cwd=copy,
+                         configfiles=[pipeline.QUICK, *configfiles])  # fmt: skip
+        assert proc.returncode == 0, output(proc)
+        return job_counts(output(proc)), output(proc)
+
+    jobs, _ = plan()
+    assert jobs["train"] == full["train"] - len(kept)
+    assert jobs["evaluate"] == full["evaluate"] - len(kept)
+    assert jobs["gap_grids"] == full["gap_grids"] - 2  # of the figure seed (0) only
+    assert jobs["prepare"] == 1  # for the missing runs
+    # another setting of the IAF: its records are rebuilt, the standard VAE's stay
+    lr = tmp_path / "lr.yaml"
+    lr.write_text("variants: {iaf: {train: {lr: 0.0005}}}\n")
+    jobs, text = plan(lr)
+    assert jobs["train"] == full["train"] - 1 and jobs["evaluate"] == full["evaluate"] - 1
+    assert "runs/iaf/seed0: its settings changed; it will be rebuilt" in text

@@ -222,7 +222,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _gap_grids_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model.pt from train")
     p.add_argument("--data", required=True, help="prepared data file")
-    p.add_argument("--reference", required=True, help="per_image.csv of the reference variant")
+    p.add_argument("--reference", required=True, help="per_image.csv.gz of the reference variant")
     p.add_argument("--top", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", required=True, help="output .npz file")
     _threads(p, "evaluate.threads")
@@ -236,7 +236,7 @@ def _gap_grids_args(p: argparse.ArgumentParser) -> None:
 )
 def cmd_gap_grids(args: argparse.Namespace) -> None:
     """Draw log q and log p(x, z) on the z grid for the TOP test images whose posterior gap is
-    largest in the reference variant's per_image.csv (config key `reference`), for the figure
+    largest in the reference variant's per_image.csv.gz (config key `reference`), for the figure
     gap_contours."""
     from flowvae import evaluate
 
@@ -378,6 +378,41 @@ def cmd_budgets(args: argparse.Namespace) -> None:
     budgets.write_budgets(
         [Path(p) for p in args.histories], Path(args.out), args.reference, metrics, spikes
     )
+
+
+def _records_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "settings_files",
+        nargs="+",
+        metavar="JSON",
+        help="the evaluate settings files of the runs (results/long/settings/evaluate/*/*.json)",
+    )
+    p.add_argument("--out", required=True, help="records.json of the results root")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with --out instead of writing it; exit 1 naming each variant whose "
+        "records today's code would not make",
+    )
+
+
+@command("records", _records_args, "write or check a results root's records.json")
+def cmd_records(args: argparse.Namespace) -> None:
+    """The probe of each variant's training and evaluation code (flowvae.records): written into
+    records.json, which makes a results root keep its finished runs as records (judged by their
+    settings key, not by file times); with --check, compared with the recorded probes."""
+    from flowvae import records
+
+    specs = [spec_mod.read_settings(Path(p), "evaluate") for p in args.settings_files]
+    if not args.check:
+        records.write(Path(args.out), specs)
+        return
+    lines = records.check(Path(args.out), specs)
+    for line in lines:
+        print(line)
+    if lines:
+        raise SystemExit(1)
+    print(f"{args.out}: every variant's code computes its probe")
 
 
 def _select_args(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,8 @@ editing one reruns the stage and what follows it. A stage's files are
   ``flowvae/a/__init__.py`` too, so they count;
 - every module of a package that discovers its modules (its ``__init__.py`` imports
   :mod:`pkgutil`, as ``flowvae.posteriors`` does to find the posterior families), since no
-  import names them;
+  import names them; for one run, only the module of its own family (``files(stage,
+  family)``), so editing the IAF reruns the IAF's runs and not the standard VAE's;
 - the package data the closure's modules read: a non-Python file of the package counts when a
   module of the closure names it in a string constant (its file name, or its path from the
   package folder), as ``config.py`` names ``"config.schema.yaml"``.
@@ -26,6 +27,8 @@ The raw-data download has no code input: its files are checked against fixed che
 ['evaluate', 'figure_data', 'figures', 'prepare', 'report', 'train']
 >>> any(p.endswith("fetch.py") for p in files("prepare"))
 True
+>>> sorted(os.path.basename(p) for p in files("train", "iaf") if "posteriors" in p)
+['__init__.py', 'base.py', 'iaf.py']
 """
 
 from __future__ import annotations
@@ -54,14 +57,17 @@ ENTRY = {
 }
 
 
-def files(stage: str) -> list[str]:
-    """The package files of ``stage`` (a key of ENTRY), relative to the working folder."""
-    return sorted(os.path.relpath(p) for p in closure(ENTRY[stage], PACKAGE_DIR))
+def files(stage: str, family: str | None = None) -> list[str]:
+    """The package files of ``stage`` (a key of ENTRY), relative to the working folder; with
+    ``family``, of the jobs of one run of that posterior family."""
+    return sorted(os.path.relpath(p) for p in closure(ENTRY[stage], PACKAGE_DIR, family))
 
 
-def closure(entries: Iterable[str], root: Path) -> set[Path]:
+def closure(entries: Iterable[str], root: Path, discovered: str | None = None) -> set[Path]:
     """The files of the modules ``entries`` (dotted names) of the package in folder ``root``,
-    of every package module they import, and of the package data those modules read."""
+    of every package module they import, and of the package data those modules read. A package
+    that discovers its modules contributes all of them, or with ``discovered`` only the module
+    of that name (and what it imports)."""
     todo = list(entries)
     if missing := [name for name in todo if module_file(name, root) is None]:
         raise ValueError(f"no module {', '.join(missing)} in {root}")  # a renamed module?
@@ -80,7 +86,10 @@ def closure(entries: Iterable[str], root: Path) -> set[Path]:
         names = imported(found, name, path.name == "__init__.py")
         todo += names
         if path.name == "__init__.py" and "pkgutil" in names:  # it discovers its modules
-            todo += [f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p != path]
+            stems = [p.stem for p in path.parent.glob("*.py") if p != path]
+            if discovered is not None:
+                stems = [stem for stem in stems if stem == discovered]
+            todo += [f"{name}.{stem}" for stem in stems]
         paths |= {file for file, named in data.items() if named & found.strings}
     for name in seen:  # importing a module runs its parent packages first
         parts = name.split(".")

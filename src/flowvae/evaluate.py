@@ -214,7 +214,7 @@ def exact_steps(model: VAE, x: torch.Tensor, ecfg: EvaluateSpec, images: list[in
 
 
 def per_image_table(record: dict, data: dict, per_image: dict, quad: dict | None):
-    """per_image.csv: the test terms, the exact NLL with its bound, and the gap with its error."""
+    """per_image.csv.gz: the test terms, the exact NLL with its bound, the gap with its error."""
     table = pd.DataFrame(
         {
             "variant": record["variant"],
@@ -278,7 +278,7 @@ def metrics_of(record: dict, table: pd.DataFrame, info: dict, check: pd.DataFram
 def evaluate(
     spec: RunSpec, model_path: Path, data_path: Path, out_dir: Path, progress: bool = True
 ) -> dict:
-    """Evaluate one trained model; write metrics.json, per_image.csv and grid.npz into out_dir.
+    """Evaluate one trained model; write metrics.json, per_image.csv.gz and grid.npz into out_dir.
 
     metrics.json records the evaluation's key (``spec.key("evaluate")``)."""
     ecfg = spec.evaluate
@@ -316,7 +316,7 @@ def evaluate(
     extra = {"seconds": timing, "doubling": doubling, "elbo_tol": ecfg.elbo_tol}
     metrics = metrics_of(record, table, info, check, extra)
     metrics = {"key": spec.key("evaluate"), **metrics}
-    io.write_csv(table, out_dir / "per_image.csv")
+    io.write_csv(table, out_dir / "per_image.csv.gz")
     check.insert(0, "seed", record["seed"])
     check.insert(0, "variant", record["variant"])
     io.write_csv(check, out_dir / "quadrature_check.csv")
@@ -342,7 +342,7 @@ def gap_grids(
 ) -> list[int]:
     """Posterior grids of the ``top`` test images with the largest gap in ``reference``.
 
-    ``reference`` is the per_image.csv of the reference variant (the standard VAE); the grid
+    ``reference`` is the per_image.csv.gz of the reference variant (the standard VAE); the grid
     file has the layout of grid.npz, so the same figures read it. Returns the image positions.
     """
     ecfg = spec.evaluate

@@ -70,5 +70,8 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> None:
 
 
 def write_csv(df, path: str | os.PathLike) -> None:
+    """``df`` as CSV; gzip-compressed for a ``.gz`` path (mtime 0 in the header: the same table
+    gives the same bytes)."""
+    gzipped = str(path).endswith(".gz")
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0} if gzipped else None)

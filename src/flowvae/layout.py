@@ -22,7 +22,7 @@ RUN_FILES = {
     "history": "runs/{variant}/seed{seed}/history.csv",
     "train_summary": "runs/{variant}/seed{seed}/train.json",
     "metrics": "eval/{variant}/seed{seed}/metrics.json",
-    "per_image": "eval/{variant}/seed{seed}/per_image.csv",
+    "per_image": "eval/{variant}/seed{seed}/per_image.csv.gz",
     "grid": "eval/{variant}/seed{seed}/grid.npz",
     "check": "eval/{variant}/seed{seed}/quadrature_check.csv",
     "gap_grid": "eval/{variant}/seed{seed}/gap_grid.npz",
@@ -42,6 +42,7 @@ STUDY_FILES = {
     "spikes": "spikes.csv",
     "tuning_plan": "settings/tuning_plan.json",
     "selection": "selection.csv",
+    "records": "records.json",
 }
 MNIST_FILES = (
     "train-images-idx3-ubyte",

@@ -29,8 +29,25 @@ SWEEP = {
     kind: STUDY.run_file(kind, root=STUDY.sweep_root())
     for kind in flowvae_study.RUN_FILES
 }
-# Package files of each stage, from the imports of the modules its commands run.
+# Package files of each stage, from the imports of the modules its commands run; a run's
+# train and evaluate jobs depend on its own posterior family's module, not on its siblings'.
 CODE = {stage: flowvae_codedeps.files(stage) for stage in flowvae_codedeps.ENTRY}
+FAMILY_CODE = {
+    (stage, family): flowvae_codedeps.files(stage, family)
+    for stage in ("train", "evaluate")
+    for family in {entry["family"] for entry in config["variants"].values()}
+}
+
+
+def family_code(stage):
+    """The package files of ``stage`` for the run's variant (wildcard ``variant``)."""
+
+    def code(wildcards):
+        return FAMILY_CODE[stage, config["variants"][wildcards.variant]["family"]]
+
+    return code
+
+
 # Device and checkpoint interval per variant: read by every train and evaluate job, never a
 # reason to rerun one (`ancient`: its time is ignored; see flowvae.study.settings).
 RUNTIME = ancient(STUDY.study_file("runtime"))
@@ -38,18 +55,28 @@ RUNTIME = ancient(STUDY.study_file("runtime"))
 ENV = "../../environment.yml"
 
 
-def unless_done(paths, done):
-    """Input function: ``paths`` (a pattern or a list), read as `ancient` while the job's
-    output ``done`` (a pattern) is missing. A job that never ran runs because its output is
-    missing, not because of its inputs' times; so on a fresh clone, whose settings files (written
-    at parse) and code are newer than the committed figure data, asking for one figure plans
-    that figure alone. Once the output exists, the inputs' times count as usual."""
-    names = [paths] if isinstance(paths, str) else list(paths)
+def unless_done(paths, done, while_missing=True):
+    """Input function: ``paths`` (a pattern, a list, or an input function giving either), read
+    as `ancient` while the job's output ``done`` (a pattern) is missing, and when it is a record
+    (flowvae.study.settings: its key, not the files' times, says it is current). A job that
+    never ran runs because its output is missing, not because of its inputs' times; so on a
+    fresh clone, whose settings files (written at parse) and code are newer than the committed
+    figure data, asking for one figure plans that figure alone. Once the output exists, the
+    inputs' times count as usual. With ``while_missing=False`` only a record's inputs are
+    `ancient` (an input made by a job upstream, which must rerun the job when it reruns). A
+    record leaves out an input that is missing (the prepared data on a fresh clone): Snakemake
+    reruns every job whose input another job makes, `ancient` or not.
+    """
 
     def inputs(wildcards):
         fill = dict(wildcards.items())
+        names = paths(wildcards) if callable(paths) else paths
+        names = [names] if isinstance(names, str) else names
         files = [name.format(**fill) for name in names]
-        if os.path.exists(done.format(**fill)):
+        output = done.format(**fill)
+        if os.path.normpath(output) in STUDY.records:  # a missing one would rerun it when made
+            return [ancient(f) for f in files if os.path.exists(f)]
+        if os.path.exists(output) or not while_missing:
             return files
         return [ancient(f) for f in files]
 

@@ -14,7 +14,7 @@ use rule train as train_compute with:
         data=rules.prepare.output.data,
         settings=unless_done(COMPUTE["train_settings"], COMPUTE["model"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["train"], COMPUTE["model"]),
+        code=unless_done(family_code("train"), COMPUTE["model"]),
     output:
         model=COMPUTE["model"],
         history=COMPUTE["history"],
@@ -31,7 +31,7 @@ use rule evaluate as evaluate_compute with:
         data=rules.prepare.output.data,
         settings=unless_done(COMPUTE["evaluate_settings"], COMPUTE["metrics"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["evaluate"], COMPUTE["metrics"]),
+        code=unless_done(family_code("evaluate"), COMPUTE["metrics"]),
     output:
         metrics=COMPUTE["metrics"],
         per_image=COMPUTE["per_image"],

@@ -5,11 +5,11 @@
 # The job stops if the model's key is not the training key of its settings file.
 rule evaluate:
     input:
-        model=rules.train.output.model,
-        data=rules.prepare.output.data,
+        model=unless_done(rules.train.output.model, RUN["metrics"], while_missing=False),
+        data=unless_done(rules.prepare.output.data, RUN["metrics"], while_missing=False),
         settings=unless_done(RUN["evaluate_settings"], RUN["metrics"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["evaluate"], RUN["metrics"]),
+        code=unless_done(family_code("evaluate"), RUN["metrics"]),
     output:
         metrics=RUN["metrics"],
         per_image=RUN["per_image"],
@@ -33,16 +33,24 @@ rule evaluate:
 # Posterior grids of the test images with the largest gap under the reference variant.
 rule gap_grids:
     input:
-        model=rules.train.output.model,
-        data=rules.prepare.output.data,
-        reference=expand(
-            rules.evaluate.output.per_image,
-            variant=config["reference"],
-            allow_missing=True,
+        model=unless_done(
+            rules.train.output.model, RUN["gap_grid"], while_missing=False
+        ),
+        data=unless_done(
+            rules.prepare.output.data, RUN["gap_grid"], while_missing=False
+        ),
+        reference=unless_done(
+            expand(
+                rules.evaluate.output.per_image,
+                variant=config["reference"],
+                allow_missing=True,
+            ),
+            RUN["gap_grid"],
+            while_missing=False,
         ),
         settings=unless_done(RUN["evaluate_settings"], RUN["gap_grid"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["evaluate"], RUN["gap_grid"]),
+        code=unless_done(family_code("evaluate"), RUN["gap_grid"]),
     output:
         grid=RUN["gap_grid"],
     log:

@@ -25,7 +25,7 @@ use rule train as train_sweep with:
         data=sweep_data,
         settings=unless_done(SWEEP["train_settings"], SWEEP["model"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["train"], SWEEP["model"]),
+        code=unless_done(family_code("train"), SWEEP["model"]),
     output:
         model=SWEEP["model"],
         history=SWEEP["history"],
@@ -42,7 +42,7 @@ use rule evaluate as evaluate_sweep with:
         data=sweep_data,
         settings=unless_done(SWEEP["evaluate_settings"], SWEEP["metrics"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["evaluate"], SWEEP["metrics"]),
+        code=unless_done(family_code("evaluate"), SWEEP["metrics"]),
     output:
         metrics=SWEEP["metrics"],
         per_image=SWEEP["per_image"],

@@ -7,10 +7,10 @@
 # (--rerun-incomplete) resumes from it, and the package ignores a checkpoint of another key.
 rule train:
     input:
-        data=rules.prepare.output.data,
+        data=unless_done(rules.prepare.output.data, RUN["model"], while_missing=False),
         settings=unless_done(RUN["train_settings"], RUN["model"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["train"], RUN["model"]),
+        code=unless_done(family_code("train"), RUN["model"]),
     output:
         model=RUN["model"],
         history=RUN["history"],

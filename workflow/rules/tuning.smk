@@ -15,7 +15,7 @@ use rule train as train_tuning with:
         data=rules.prepare.output.data,
         settings=unless_done(TUNING["train_settings"], TUNING["model"]),
         runtime=RUNTIME,
-        code=unless_done(CODE["train"], TUNING["model"]),
+        code=unless_done(family_code("train"), TUNING["model"]),
     output:
         model=TUNING["model"],
         history=TUNING["history"],

@@ -3,10 +3,11 @@
 Each step t reads z_{t-1} and the context h through a MADE-style masked network that returns
 (m_t, s_t), output i depending only on coordinates < i of z_{t-1}. The gated update is
 
-    sigma_t = sigmoid(s_t + b),   z_t = sigma_t * z_{t-1} + (1 - sigma_t) * m_t,
+    sigma_t = sigmoid(a s_t + b),   z_t = sigma_t * z_{t-1} + (1 - sigma_t) * m_t,
     log q(z_T|x) = log q(z_0|x) - sum_t sum_i log sigma_{t,i},
 
-with the coordinate order reversed between steps.
+with the coordinate order reversed between steps. The gate scale a (``gate_scale``) slows how
+fast sigma_t moves: the IAF VAE code the poster's team followed uses a = 1/10.
 
 Context: with ``context_norm`` the MADEs read LN(h) = (h - mean(h)) / sd(h) (over h's c
 features, no learned scale), so ||LN(h)||^2 = c whatever the encoder's scale. Without it h is
@@ -82,14 +83,15 @@ class MADE(nn.Module):
 class IAFStep(nn.Module):
     """One gated IAF step; its Jacobian dz_t/dz_{t-1} is lower triangular with diagonal sigma_t."""
 
-    def __init__(self, latent_dim, context_dim, hidden, depth, forget_bias):
+    def __init__(self, latent_dim, context_dim, hidden, depth, forget_bias, gate_scale=1.0):
         super().__init__()
         self.made = MADE(latent_dim, context_dim, hidden, depth)
         self.forget_bias = forget_bias
+        self.gate_scale = gate_scale
 
     def forward(self, z, h):
         m, s = self.made(z, h)
-        log_sigma = F.logsigmoid(s + self.forget_bias)
+        log_sigma = F.logsigmoid(self.gate_scale * s + self.forget_bias)
         sigma = torch.exp(log_sigma)
         return sigma * z + (1 - sigma) * m, log_sigma.sum(-1)
 
@@ -98,7 +100,7 @@ class IAFStep(nn.Module):
         z = torch.zeros_like(z_t)
         for i in range(z_t.shape[-1]):
             m, s = self.made(z, h)
-            sigma = torch.sigmoid(s[:, i] + self.forget_bias)
+            sigma = torch.sigmoid(self.gate_scale * s[:, i] + self.forget_bias)
             z = z.clone()
             z[:, i] = (z_t[:, i] - (1 - sigma) * m[:, i]) / sigma
         return z
@@ -113,7 +115,8 @@ class IAFPosterior(PosteriorFamily):
         steps: number of IAF steps T.
         hidden: width of each MADE hidden layer.
         depth: hidden layers per MADE.
-        forget_bias: b in sigma = sigmoid(s + b); each step starts as z_t = sigmoid(b) z_{t-1}.
+        forget_bias: b in sigma = sigmoid(a s + b); each step starts as z_t = sigmoid(b) z_{t-1}.
+        gate_scale: a in sigma = sigmoid(a s + b).
         context_norm: read LN(h), the context standardized over its features, instead of h.
 
     Example:
@@ -130,6 +133,7 @@ class IAFPosterior(PosteriorFamily):
         "hidden": {"type": "integer", "minimum": 1},
         "depth": {"type": "integer", "minimum": 1},
         "forget_bias": {"type": "number"},
+        "gate_scale": {"type": "number", "exclusiveMinimum": 0},
         "context_norm": {"type": "boolean"},
     }
 
@@ -142,12 +146,14 @@ class IAFPosterior(PosteriorFamily):
         depth: int = 2,
         forget_bias: float = 1.5,
         context_norm: bool = True,
+        gate_scale: float = 1.0,
     ):
         super().__init__(latent_dim)
         self.context_dim = context_dim
         self.norm = nn.LayerNorm(context_dim, elementwise_affine=False) if context_norm else None
         self.steps = nn.ModuleList(
-            IAFStep(latent_dim, context_dim, hidden, depth, forget_bias) for _ in range(steps)
+            IAFStep(latent_dim, context_dim, hidden, depth, forget_bias, gate_scale)
+            for _ in range(steps)
         )
 
     def _context(self, h):

@@ -83,6 +83,7 @@ class Study(Layout):
         self.tuning_seeds = list(tuning["seeds"]) if planned else []
         self.candidates = candidates(self.cfg, self.variants, self.tuning_seeds, self.seeds)
         self.compute_cfg, self.compute_variants = equal_compute(self.cfg, self.variants)
+        self.records: set[str] = set()  # the outputs of jobs that are records (write_settings)
 
     # ------------------------------------------------------------------ checks
 
@@ -187,6 +188,7 @@ class Study(Layout):
         for group in self.groups():
             specs = [config_mod.resolve(group.cfg, v, s) for v in group.variants
                      for s in group.seeds]  # fmt: skip
+            kept = Path(self.study_file("records", group.root)).is_file()
             if group.own_data:
                 jobs.append(
                     settings_mod.Job(
@@ -199,7 +201,7 @@ class Study(Layout):
                 files = {
                     k: self.run_file(k, spec.variant, spec.seed, group.root) for k in RUN_FILES
                 }
-                jobs += settings_mod.run_jobs(spec, files)
+                jobs += settings_mod.run_jobs(spec, files, kept)
             if group.root == self.results:
                 settings_mod.write_runtime(Path(self.study_file("runtime")), specs)
         if self.candidates:
@@ -207,7 +209,9 @@ class Study(Layout):
             written = settings_mod.write_if_changed(plan, self.tuning_plan())
             if written and Path(self.study_file("selection")).exists():
                 notes.append("flowvae: the tuning plan changed; the selection is redone")
-        return notes + settings_mod.write(jobs)
+        notes += settings_mod.write(jobs)
+        self.records = settings_mod.records(jobs)
+        return notes
 
     # ------------------------------------------------------------------ equal compute
 

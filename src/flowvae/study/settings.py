@@ -8,6 +8,12 @@ rewrite, and Snakemake touched its outputs), the settings file is touched so the
 it. What never changes a result (device, checkpoint interval) goes to one runtime file per
 results root, which the rules read as ``ancient`` (its time never reruns anything); threads
 come with ``--threads``.
+
+A results root that holds a ``records.json`` keeps its runs in the repository (the long study):
+there a finished job whose outputs record its settings file's key is a *record*. Its key alone
+says it is current: the rules read its inputs (settings, data, model, code) as ``ancient``, and
+its settings file is dated before its outputs, since a checkout gives files no order in time.
+Whether the code still computes what made a record is the check of ``flowvae.records``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class Job:
     tree: dict
     done: Path
     record: Path | None = None
+    also: tuple[Path, ...] = ()  # outputs of other jobs that read this settings file
+    kept: bool = False  # its results root keeps its records (holds a records.json)
 
 
 def recorded_key(path: Path) -> str | None:
@@ -51,13 +59,13 @@ def write_if_changed(path: Path, obj: dict) -> bool:
     return True
 
 
-def run_jobs(spec: RunSpec, files: dict[str, str]) -> list[Job]:
+def run_jobs(spec: RunSpec, files: dict[str, str], kept: bool = False) -> list[Job]:
     """The train and evaluate settings files of one run (``files``: kind -> path)."""
     return [
         Job(Path(files["train_settings"]), spec_mod.settings_tree(spec, "train"),
-            Path(files["model"]), Path(files["train_summary"])),
+            Path(files["model"]), Path(files["train_summary"]), kept=kept),
         Job(Path(files["evaluate_settings"]), spec_mod.settings_tree(spec, "evaluate"),
-            Path(files["metrics"]), Path(files["metrics"])),
+            Path(files["metrics"]), Path(files["metrics"]), (Path(files["gap_grid"]),), kept),
     ]  # fmt: skip
 
 
@@ -67,7 +75,7 @@ def write(jobs: list[Job]) -> list[str]:
     notes = []
     for job in jobs:
         written = write_if_changed(job.path, job.tree)
-        if not job.done.exists():
+        if not job.done.exists() or is_record(job):
             continue
         if written:
             notes.append(f"flowvae: {job.done.parent}: its settings changed; it will be rebuilt")
@@ -83,3 +91,26 @@ def write(jobs: list[Job]) -> list[str]:
 def write_runtime(path: Path, specs: list[RunSpec]) -> None:
     """The runtime file: per variant, the fields of its spec that never change a result."""
     write_if_changed(path, {s.variant: spec_mod.runtime_dict(s) for s in specs})
+
+
+def is_record(job: Job) -> bool:
+    """Whether ``job`` is a record: kept, finished, and its outputs record its key."""
+    return (
+        job.kept
+        and job.record is not None
+        and job.done.exists()
+        and recorded_key(job.record) == job.tree["key"]
+    )
+
+
+def records(jobs: list[Job]) -> set[str]:
+    """The outputs of every job of ``jobs`` that is a record, each such job's settings file
+    dated before its outputs (call after :func:`write`)."""
+    out = set()
+    for job in filter(is_record, jobs):
+        done = [job.done, *(p for p in job.also if p.exists())]
+        oldest = min(p.stat().st_mtime for p in [*done, job.record])
+        if job.path.stat().st_mtime >= oldest:
+            os.utime(job.path, (oldest - 1, oldest - 1))
+        out |= {os.path.normpath(p) for p in done}
+    return out
