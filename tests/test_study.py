@@ -192,3 +192,17 @@ def test_outputs_recording_another_key_are_rebuilt_though_the_settings_did_not_c
         f"flowvae: {model.parent}: made with other settings than {touched[0]} holds (a job "
         "that outlived its Snakemake?); it will be rebuilt"
     ]
+
+
+NEW_PLAN = "flowvae: the tuning plan changed; the selection is redone"
+
+
+def test_the_log_says_the_tuning_plan_changed_only_when_it_did(tmp_path):
+    """A fresh clone has a selection but no plan file: nothing changed, nothing is said."""
+    s = make_study(tmp_path)
+    selection = Path(s.study_file("selection"))
+    selection.parent.mkdir(parents=True)
+    selection.write_text("committed\n")
+    assert NEW_PLAN not in s.write_settings(), "no plan before"
+    assert NEW_PLAN not in make_study(tmp_path).write_settings(), "the same plan"
+    assert NEW_PLAN in make_study(tmp_path, **{"tuning.shared.lr": [1e-3]}).write_settings()
