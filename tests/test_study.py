@@ -11,20 +11,25 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from flowvae import config, figures, study
+from flowvae import config, figures, precedence, study
 from flowvae.errors import ConfigError
 
-STUDY_CFG = config.load(
-    [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "config" / "selected.yaml"]
-)
+STUDY_FILES = [
+    precedence.file_layer(REPO_ROOT / "config" / name, f"config/{name}", user=False)
+    for name in ("config.yaml", "selected.yaml")
+]
+STUDY_CFG = config.validate(precedence.resolve(STUDY_FILES).config)
 
 
 def make_study(tmp_path: Path, **changes) -> study.Study:
-    cfg = json.loads(json.dumps(STUDY_CFG))
-    cfg["results"], cfg["figures"] = str(tmp_path / "results"), str(tmp_path / "figures")
+    """The study with its folders in ``tmp_path`` and ``changes`` (dotted key -> value) stated
+    on top, as a user's --config would."""
+    stated = {"results": str(tmp_path / "results"), "figures": str(tmp_path / "figures")}
     for key, value in changes.items():
-        config.set_dotted(cfg, key.split("."), value)
-    return study.Study(cfg)
+        config.set_dotted(stated, key.split("."), value)
+    return study.Study(
+        precedence.resolve([*STUDY_FILES, precedence.Layer("--config", stated)]).config
+    )
 
 
 # ----------------------------------------------------------------------------- runs
