@@ -26,13 +26,6 @@ QUICK = "config/quick.yaml"
 TIMING = re.compile(r"seconds|_benchmark_s$|max_rss")
 
 
-def train_everywhere(settings: str, variants=("standard", "iaf", "pcpmap", "cotflow")) -> str:
-    """YAML that sets ``settings`` (a flow mapping such as "{lr: 0.002}") for every variant: in
-    ``train`` and in each variant's own ``train``, which wins (the tuning's selection is there)."""
-    own = ", ".join(f"{v}: {{train: {settings}}}" for v in variants)
-    return f"train: {settings}\nvariants: {{{own}}}\n"
-
-
 def environment(**changes: str | None) -> dict[str, str]:
     """This environment, its bin folder first on PATH, FLOWVAE_MNIST_MIRROR set to the offline
     mirror when there is one (and it is unset); then ``changes`` (None removes a variable)."""

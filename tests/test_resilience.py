@@ -34,7 +34,6 @@ from pipeline import (
     output,
     snakemake,
     snakemake_command,
-    train_everywhere,
 )
 
 # ----------------------------------------------------------------------------- kill and resume
@@ -289,8 +288,7 @@ BAD_INPUTS = {
     ),
     "learning rate that makes the loss NaN": Bad(
         ("standard seed 0: loss is nan at epoch 1", "lower train.lr"),
-        config="seeds: [0]\n"
-        + train_everywhere("{lr: 1.0e+12, grad_clip: null, schedule: constant}"),
+        config="seeds: [0]\ntrain: {lr: 1.0e+12, grad_clip: null, schedule: constant}\n",
         target="runs/standard/seed0/model.pt",
         failing_rule="train",
         may_leave=("logs", "settings", "data"),  # download and prepare finished: complete

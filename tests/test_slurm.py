@@ -34,7 +34,6 @@ from pipeline import (
     output,
     snakemake,
     snakemake_command,
-    train_everywhere,
 )
 
 # A SLURM installed and started, then the quick config through it: `make test-all` (CI).
@@ -187,8 +186,8 @@ def test_a_lost_snakemake_never_leaves_stale_or_doubled_training(slurm, tmp_path
     every run is trained under the new setting."""
     wd = isolated_workdir(tmp_path)
     old, new = tmp_path / "old.yaml", tmp_path / "new.yaml"
-    old.write_text(train_everywhere("{epochs: 60, lr: 0.001}"))
-    new.write_text(train_everywhere("{epochs: 60, lr: 0.002}"))
+    old.write_text("train: {epochs: 60, lr: 0.001}\n")
+    new.write_text("train: {epochs: 60, lr: 0.002}\n")
     profile = ["--workflow-profile", "profiles/slurm-local-test", "--slurm-logdir", tmp_path / "sl"]
     target = tmp_path / "results" / "metrics.csv"
     first = subprocess.Popen(

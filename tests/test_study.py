@@ -11,20 +11,25 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from flowvae import config, figures, study
+from flowvae import config, figures, precedence, study
 from flowvae.errors import ConfigError
 
-STUDY_CFG = config.load(
-    [REPO_ROOT / "config" / "config.yaml", REPO_ROOT / "config" / "selected.yaml"]
-)
+STUDY_FILES = [
+    precedence.file_layer(REPO_ROOT / "config" / name, f"config/{name}", user=False)
+    for name in ("config.yaml", "selected.yaml")
+]
+STUDY_CFG = config.validate(precedence.resolve(STUDY_FILES).config)
 
 
 def make_study(tmp_path: Path, **changes) -> study.Study:
-    cfg = json.loads(json.dumps(STUDY_CFG))
-    cfg["results"], cfg["figures"] = str(tmp_path / "results"), str(tmp_path / "figures")
+    """The study with its folders in ``tmp_path`` and ``changes`` (dotted key -> value) stated
+    on top, as a user's --config would."""
+    stated = {"results": str(tmp_path / "results"), "figures": str(tmp_path / "figures")}
     for key, value in changes.items():
-        config.set_dotted(cfg, key.split("."), value)
-    return study.Study(cfg)
+        config.set_dotted(stated, key.split("."), value)
+    return study.Study(
+        precedence.resolve([*STUDY_FILES, precedence.Layer("--config", stated)]).config
+    )
 
 
 # ----------------------------------------------------------------------------- runs
@@ -192,3 +197,17 @@ def test_outputs_recording_another_key_are_rebuilt_though_the_settings_did_not_c
         f"flowvae: {model.parent}: made with other settings than {touched[0]} holds (a job "
         "that outlived its Snakemake?); it will be rebuilt"
     ]
+
+
+NEW_PLAN = "flowvae: the tuning plan changed; the selection is redone"
+
+
+def test_the_log_says_the_tuning_plan_changed_only_when_it_did(tmp_path):
+    """A fresh clone has a selection but no plan file: nothing changed, nothing is said."""
+    s = make_study(tmp_path)
+    selection = Path(s.study_file("selection"))
+    selection.parent.mkdir(parents=True)
+    selection.write_text("committed\n")
+    assert NEW_PLAN not in s.write_settings(), "no plan before"
+    assert NEW_PLAN not in make_study(tmp_path).write_settings(), "the same plan"
+    assert NEW_PLAN in make_study(tmp_path, **{"tuning.shared.lr": [1e-3]}).write_settings()

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -155,6 +156,165 @@ def test_run_variants_runs_a_subset_and_logs_it(tmp_path):
     assert "flowvae: variants iaf; seeds 0, 1" in text
     assert "reference variant standard is not run" in text
     assert "figure_gap_contours" not in text
+
+
+# ----------------------------------------------------------------------------- precedence
+
+
+def run_settings(results: Path, stage: str = "train") -> dict[tuple[str, int], dict]:
+    """(variant, seed) -> the spec of every run's settings file of ``stage`` under ``results``."""
+    runs = {}
+    for path in (results / "settings" / stage).glob("*/seed*.json"):
+        runs[path.parent.name, int(path.stem[4:])] = json.loads(path.read_text())["spec"]
+    return runs
+
+
+def readme_overrides() -> list[str]:
+    """The command of every row of README.md's tables that changes the config on the command
+    line (--config, --configfile; --set is the package's, tested in test_precedence.py)."""
+    text = (REPO_ROOT / "README.md").read_text()
+    return re.findall(r"^\|[^|\n]+\| `(snakemake [^`]*--config[^`]*)`", text, re.M)
+
+
+def form(command: str) -> str:
+    """A README command without `snakemake` and `--cores N` (what it says about the config)."""
+    words = shlex.split(command)[1:]
+    if "--cores" in words:
+        i = words.index("--cores")
+        del words[i : i + 2]
+    return " ".join(words)
+
+
+STUDY_TRAIN = {"epochs": 20, "lr": 0.003}  # config/selected.yaml's, for every variant
+LONG_TRAIN = {"epochs": 500, "lr": 2e-3, "optimizer": "adamax", "schedule": "constant"}
+#: What each README form gives every run it plans: the variants, seeds, training settings
+#: (and, where given, the data settings, the checkpoint interval and lines of the log).
+README_FORMS = {
+    "--configfile config/quick.yaml": dict(
+        variants=list(QUICK["variants"]), seeds=QUICK["seeds"],
+        train={"epochs": 2, "lr": 0.003}, checkpoint_every=1,
+    ),
+    "--configfile my.yaml": dict(  # my.yaml: train: {lr: 5.0e-4}
+        train={"epochs": 20, "lr": 5e-4},
+        log=["flowvae: iaf: train.epochs 20 from config/selected.yaml"],
+        not_log=["train.lr"],
+    ),
+    "--config seeds=[0,1]": dict(
+        seeds=[0, 1], train=STUDY_TRAIN,
+        log=["flowvae: standard: train.lr 0.003 from config/selected.yaml"],
+    ),
+    "--config train={epochs: 10, lr: 3e-4}": dict(
+        train={"epochs": 10, "lr": 3e-4, "batch_size": 128}, not_log=["train.lr", "train.epochs"]
+    ),
+    "--config run_variants=[iaf]": dict(variants=["iaf"], train=STUDY_TRAIN),
+    "tuning --configfile config/quick.yaml config/quick_tuning.yaml": dict(
+        seeds=QUICK["seeds"], train={"epochs": 2}, checkpoint_every=1,
+        tuning={"lr": [1e-3, 3e-3], "epochs": [1, 2]},
+    ),
+    "--configfile config/long.yaml": dict(
+        train={**LONG_TRAIN, "keep": "best"}, checkpoint_every=10,
+    ),
+    "--workflow-profile profiles/slurm-poster --configfile config/poster.yaml": dict(
+        variants=["standard", "iaf", "pcpmap"], train={**LONG_TRAIN, "keep": "best"},
+        data={"digits": list(range(10))}, checkpoint_every=25,
+    ),
+}  # fmt: skip
+
+
+def test_every_readme_override_form_has_its_expected_settings():
+    assert sorted(map(form, readme_overrides())) == sorted(README_FORMS)
+
+
+@pytest.mark.parametrize("command", readme_overrides(), ids=form)
+def test_a_readme_override_gives_every_run_the_stated_settings(tmp_path, command):
+    """Each README form as written (a dry run, the folders moved into tmp_path), read back from
+    the settings files of the runs it plans: what it states holds for every variant, whatever
+    config/selected.yaml says for the variant."""
+    expect = README_FORMS[form(command)]
+    (tmp_path / "my.yaml").write_text("train: {lr: 5.0e-4}\n")
+    words = [tmp_path / "my.yaml" if w == "my.yaml" else w for w in shlex.split(command)]
+    moved = [f"results={tmp_path / 'results'}", f"figures={tmp_path / 'figures'}"]
+    if "--config" in words:  # one --config holds every key=value (a second replaces it)
+        i = words.index("--config") + 1
+        words[i:i] = moved
+    else:
+        words += ["--config", *moved]
+    proc = run(*words, "-n")
+    text = output(proc)
+    assert proc.returncode == 0, text
+    results = tmp_path / "results"
+    runs = run_settings(results)
+    variants = expect.get("variants", list(STUDY["variants"]))
+    seeds = expect.get("seeds", STUDY["seeds"])
+    assert sorted(runs) == sorted((v, s) for v in variants for s in seeds)
+    for (variant, seed), spec in runs.items():
+        assert spec["train"] | expect["train"] == spec["train"], (variant, seed)
+        assert spec["data"] | expect.get("data", {}) == spec["data"], (variant, seed)
+    runtime = json.loads((results / "settings" / "runtime.json").read_text())
+    for variant in variants:
+        every = expect.get("checkpoint_every", STUDY["train"]["checkpoint_every"])
+        assert runtime[variant]["train"]["checkpoint_every"] == every, variant
+    log = text.split("Building DAG")[0]
+    for line in expect.get("log", []):
+        assert line in log.splitlines(), log
+    for word in expect.get("not_log", []):
+        assert not re.search(rf"^flowvae: \S+: {re.escape(word)} ", log, re.M), log
+    if "tuning" in expect:
+        found = {
+            (spec["variant"], spec["train"]["lr"], spec["train"]["epochs"])
+            for path in (results / "tuning").glob("*/settings/train/*/seed*.json")
+            for spec in [json.loads(path.read_text())["spec"]]
+        }
+        grid = expect["tuning"]
+        assert found == {(v, lr, e) for v in variants for lr in grid["lr"] for e in grid["epochs"]}
+
+
+def test_a_global_setting_after_a_lost_snakemake_reruns_every_variant(tmp_path):
+    """Finished runs without Snakemake's records (as after a lost Snakemake): a file that
+    states `train: {lr: 0.002}` after config/quick.yaml changes every run's settings, whatever
+    lr config/selected.yaml holds for the variant, so every run is trained again."""
+    results = tmp_path / "results"
+    models = [results / "runs" / v / "seed0" / "model.pt" for v in QUICK["variants"]]
+    quick = ["config/quick.yaml"]
+    dry_run(*models, tmp=tmp_path, configfiles=quick)  # writes the settings files
+    now = time.time()
+    for path in (results / "settings").rglob("*.json"):
+        os.utime(path, (now - 100, now - 100))
+    outputs = [results / "data" / "raw" / name for name in study_mod.MNIST_FILES]
+    outputs.append(results / "data" / "mnist.pt")
+    for model in models:
+        key = json.loads(
+            (results / "settings" / "train" / model.parent.parent.name / "seed0.json").read_text()
+        )["key"]
+        (model.parent / "train.json").parent.mkdir(parents=True)
+        (model.parent / "train.json").write_text(json.dumps({"key": key}))
+        outputs += [model, model.parent / "history.csv"]
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_bytes(b"")
+        os.utime(path, (now - 50, now - 50))
+    assert dry_run(*models, tmp=tmp_path, configfiles=quick) == {}, "no record, no rerun"
+    lr = write_config(tmp_path, "train: {lr: 0.002}\n")
+    proc = snakemake(*models, "-n", tmp=tmp_path, configfiles=[*quick, lr])
+    text = output(proc)
+    assert proc.returncode == 0 and "Nothing to be done" not in text, text
+    assert job_counts(text)["train"] == len(models), text
+    for model in models:
+        assert f"{model.parent}: its settings changed; it will be rebuilt" in text
+    assert {spec["train"]["lr"] for spec in run_settings(results).values()} == {0.002}
+
+
+def test_a_global_setting_after_a_variants_own_in_two_user_files_is_refused(tmp_path):
+    """An earlier file of the user's sets variants.iaf.train.lr, a later option the global
+    train.lr to another value: no rule can tell which the user meant for iaf."""
+    own = write_config(tmp_path, "variants: {iaf: {train: {lr: 0.001}}}\n")
+    proc = snakemake("-n", tmp=tmp_path, configfiles=[own], config=["train={lr: 0.002}"])
+    text = output(proc)
+    assert proc.returncode != 0
+    for fragment in ("'variants.iaf.train.lr'", str(own), "'train.lr'", "--config"):
+        assert fragment in text, text
+    assert not (tmp_path / "results").exists()
 
 
 def test_the_workflow_runs_from_another_folder(tmp_path):

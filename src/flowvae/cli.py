@@ -62,7 +62,8 @@ def _config_args(p: argparse.ArgumentParser, settings_file: bool = True) -> None
         action="append",
         default=[],
         metavar="YAML",
-        help="config file; may be repeated, later files win (default: schema defaults)",
+        help="config file; may be repeated, later files win, --set wins over all "
+        "(config/README.md, 'Precedence'; default: schema defaults)",
     )
     g.add_argument(
         "--set",
@@ -75,7 +76,8 @@ def _config_args(p: argparse.ArgumentParser, settings_file: bool = True) -> None
 
 
 def _config(args: argparse.Namespace, settings: str | None = None) -> dict:
-    """The validated config of --config files, a JSON string and --set overrides."""
+    """The validated config of --config files, a JSON string and --set overrides, in the
+    one precedence (flowvae.precedence)."""
     return config_mod.load(args.config, settings, args.overrides)
 
 

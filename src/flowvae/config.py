@@ -1,7 +1,9 @@
-"""Study configuration: load YAML, apply overrides, validate against the JSON schema.
+"""Study configuration: read YAML, type command-line values, validate against the JSON schema.
 
 The schema (``config.schema.yaml``, package data of flowvae) is the single source of truth for
 keys, types and defaults; the Snakefile's ``validate()`` reads the same file (SCHEMA_PATH).
+Which layer's value wins (defaults, the study, the tuning's selection, what the user states)
+is decided in :mod:`flowvae.precedence`; :func:`load` resolves a command's layers through it.
 """
 
 from __future__ import annotations
@@ -180,28 +182,31 @@ def load(
     settings: str | None = None,
     overrides: list[str] | None = None,
 ) -> dict:
-    """Merge YAML files (later wins, section by section), a JSON string, and key=value overrides."""
-    cfg: dict = {}
-    for path in paths or []:
-        try:
-            with open(path) as fh:
-                # JSON through json: YAML 1.1 reads a JSON number such as 1e-05 as a string
-                is_json = str(path).endswith(".json")
-                loaded = (json.load(fh) if is_json else yaml.safe_load(fh)) or {}
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
-        except (yaml.YAMLError, ValueError) as exc:
-            raise ConfigError(
-                f"config file {path} is not valid YAML or JSON ({exc}); fix or delete it"
-            ) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} does not hold a mapping")
-        merge(cfg, loaded)
-    if settings:
-        merge(cfg, json.loads(settings))
-    for text in overrides or []:
-        set_dotted(cfg, *parse_override(text))
-    return validate(cfg)
+    """The validated config of YAML files (in order), a JSON string of sections and key=value
+    overrides, resolved in the one precedence of :mod:`flowvae.precedence`."""
+    from flowvae import precedence  # (built on this module)
+
+    layers = precedence.command_layers(paths or [], settings, overrides or [])
+    return validate(precedence.resolve(layers).config)
+
+
+def read_file(path: str | os.PathLike) -> dict:
+    """The mapping a YAML or JSON config file holds; ConfigError names a file that cannot be
+    read or holds no mapping."""
+    try:
+        with open(path) as fh:
+            # JSON through json: YAML 1.1 reads a JSON number such as 1e-05 as a string
+            is_json = str(path).endswith(".json")
+            loaded = (json.load(fh) if is_json else yaml.safe_load(fh)) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML or JSON ({exc}); fix or delete it"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} does not hold a mapping")
+    return loaded
 
 
 def merge(base: dict, new: dict) -> None:

@@ -17,10 +17,14 @@ try:
     STUDY = flowvae_study.from_snakemake(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
-# Only the main process writes the settings files: a cluster job parses this file again,
-# perhaps with the config of a Snakemake that is gone, and must not write them back.
+# The log's first lines: what the run covers and, where a variant trains with a setting of its
+# own, the file or option that set it. Only the main process writes the settings files: a
+# cluster job parses this file again, perhaps with the config of a Snakemake that is gone, and
+# must not write them back.
 if workflow.is_main_process:
-    for _line in STUDY.describe() + STUDY.write_settings():
+    for _line in STUDY.describe() + RESOLVED.notes(STUDY.variants):
+        logger.info(_line)
+    for _line in STUDY.write_settings():
         logger.info(_line)
 
 R = STUDY.results

@@ -206,8 +206,9 @@ class Study(Layout):
                 settings_mod.write_runtime(Path(self.study_file("runtime")), specs)
         if self.candidates:
             plan = Path(self.study_file("tuning_plan"))
+            before = plan.is_file()  # (none on a fresh clone: nothing changed)
             written = settings_mod.write_if_changed(plan, self.tuning_plan())
-            if written and Path(self.study_file("selection")).exists():
+            if written and before and Path(self.study_file("selection")).exists():
                 notes.append("flowvae: the tuning plan changed; the selection is redone")
         notes += settings_mod.write(jobs)
         self.records = settings_mod.records(jobs)

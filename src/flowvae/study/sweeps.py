@@ -35,7 +35,7 @@ def sweep_config(cfg: dict, sweep: Sweep, value: Any) -> dict:
     trial = copy.deepcopy(cfg)
     keys = sweep.key.split(".")
     config_mod.set_dotted(trial, keys, copy.deepcopy(value))
-    if keys[0] == "train":  # a variant's own setting (selected by tuning) would shadow it
+    if keys[0] == "train":  # for every variant: its own `train` holds the key, when resolved
         for settings in trial["variants"].values():
             if keys[1] in settings.get("train", {}):
                 settings["train"][keys[1]] = copy.deepcopy(value)
