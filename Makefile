@@ -27,8 +27,8 @@ reproduce: $(PYTHON)
 quick: $(PYTHON)
 	$(SNAKEMAKE) --cores $(CORES) --configfile config/quick.yaml
 
-# The tuning stage, then its selection written into config/config.yaml; `make reproduce`
-# then runs the final comparison at the selected settings.
+# The tuning stage, then its selection written into config/selected.yaml (read after
+# config/config.yaml); `make reproduce` then runs the final comparison at the selected settings.
 tuning: $(PYTHON)
 	$(SNAKEMAKE) --cores $(CORES) tuning
 	$(PYTHON) -m flowvae adopt
@@ -59,9 +59,12 @@ lint: $(PYTHON)
 report: $(PYTHON)
 	$(SNAKEMAKE) --report report.html
 
-# Removes what the pipeline computed, except the committed tables (results/metrics.csv,
-# results/summary.md) and figures; `git clean -fdX` removes every ignored file.
+# Removes what the pipeline computed, except the committed files (results/metrics.csv,
+# results/summary.md, results/selection.csv, results/equal_compute/metrics.csv,
+# results/figdata/) and figures; `git clean -fdX` removes every ignored file.
 clean:
 	rm -rf results/data results/runs results/eval results/logs results/benchmarks \
-		results/sweeps results/tuning results/equal_compute results/settings results/quick \
-		report.html .snakemake
+		results/sweeps results/tuning results/settings results/quick results/budgets.csv \
+		results/spikes.csv report.html .snakemake
+	[ ! -d results/equal_compute ] || find results/equal_compute -mindepth 1 -maxdepth 1 \
+		! -name metrics.csv -exec rm -rf {} +

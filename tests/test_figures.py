@@ -417,3 +417,50 @@ def test_cost_tradeoff_uses_cpu_seconds_when_recorded(figdata):
     assert (df["clock"] == "cpu").all()
     totals = df[df["kind"] == "test_neg_elbo"]
     assert sorted(totals["seconds"].unique()) == [20 * (3.5 + k) for k in range(len(VARIANTS))]
+
+
+def drawn(name: str, figdata: dict[str, Path]):
+    """The matplotlib figure of ``name``, drawn from its figure data (close it after use)."""
+    return figures.REGISTRY[name].draw(figures.read_data(name, data_of(name, figdata)))
+
+
+def test_test_loss_draws_each_flow_minus_the_first_variant_per_seed(figdata):
+    from scipy import stats
+
+    df = pd.read_csv(figdata["test_loss"])
+    fig = drawn("test_loss", figdata)
+    try:
+        paired = fig.axes[1]
+        labels = [t.get_text() for t in paired.get_xticklabels()]
+        assert labels == [f"{v}\nminus {VARIANTS[0]}" for v in VARIANTS[1:]]
+        wide = df.pivot(index="seed", columns="variant", values="test_neg_elbo")
+        d = (wide["iaf"] - wide["standard"]).to_numpy()
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        texts = [t.get_text() for t in paired.texts]
+        assert f"{d.mean():+.2f}\n[{d.mean() - half:+.2f}, {d.mean() + half:+.2f}]" in texts
+        means = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert f"mean {wide['standard'].mean():.2f}" in means[0]  # not on a seed's dot
+    finally:
+        plt.close(fig)
+
+
+def test_tuning_draws_the_knobs_a_variant_switches_together_in_one_panel(figdata):
+    fig = drawn("tuning", figdata)
+    try:
+        xlabels = [ax.get_xlabel() for ax in fig.axes]
+        assert sorted(xlabels[:2]) == ["epochs", "lr"] and "switched together" in xlabels[2]
+        assert len(fig.axes) == 3  # no panel per knob of a single variant
+        assert "mean ± sd over 2 tuning seeds" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
+
+
+def test_quadrature_check_draws_the_tolerance_of_its_check(figdata):
+    from flowvae.figures.checks import TOLERANCE
+
+    fig = drawn("quadrature_check", figdata)
+    try:
+        lines = [ln.get_ydata()[0] for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"]
+        assert TOLERANCE in lines  # the line a point must stay below
+    finally:
+        plt.close(fig)

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from flowvae import aggregate, report
+from flowvae import aggregate, budgets, config, io, report
 from flowvae.errors import FlowvaeError, StaleRunError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {"standard": "gaussian", "iaf": "iaf", "pcpmap": "pcpmap"}
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -136,6 +138,12 @@ def write_table(path: Path, losses: dict[str, list[float]]) -> Path:
     return path
 
 
+def claim_of(text: str) -> str:
+    """The last line of the summary's claim section: the per-seed sentence."""
+    section = text.split("## The claim\n")[1].split("\n## ")[0]
+    return section.strip().splitlines()[-1]
+
+
 def test_summarize_claim_holds_and_statistics_match_scipy(tmp_path: Path) -> None:
     csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": IAF, "pcpmap": PCPMAP})
     text = report.summarize(csv, tmp_path / "summary.md")
@@ -164,7 +172,7 @@ def test_summarize_one_seed_higher_does_not_hold_and_names_it(tmp_path: Path) ->
     iaf[3] = STANDARD[3] + 0.3  # seed 3 is worse; the mean is still lower
     csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": iaf, "pcpmap": PCPMAP})
     text = report.summarize(csv, tmp_path / "summary.md")
-    claim = text.strip().splitlines()[-1]
+    claim = claim_of(text)
     assert "does not hold" in claim
     assert "iaf is not lower than standard for seed 3" in claim
     assert "pcpmap is not lower" not in claim
@@ -173,8 +181,11 @@ def test_summarize_one_seed_higher_does_not_hold_and_names_it(tmp_path: Path) ->
 def test_summarize_higher_mean_does_not_hold(tmp_path: Path) -> None:
     worse = [x + 2 + 0.1 * i for i, x in enumerate(STANDARD)]
     csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": worse, "pcpmap": PCPMAP})
-    claim = report.summarize(csv, tmp_path / "s.md").strip().splitlines()[-1]
+    text = report.summarize(csv, tmp_path / "s.md")
+    claim = claim_of(text)
     assert "does not hold on this run" in claim and "seeds 0, 1, 2, 3" in claim
+    assert "| iaf | +2.15 |" in text and "| 0 of 4 | higher |" in text
+    assert "shown only in part: lower for pcpmap; not for iaf." in text
 
 
 def test_summarize_one_seed_says_test_needs_two(tmp_path: Path) -> None:
@@ -218,6 +229,41 @@ def check(value: float, threshold: float, op: str = "<=") -> dict:
     why = f"worst image 3 at {value}"
     return {"value": value, "threshold": threshold, "op": op, "passed": passed, "what": "w",
             "why": why}  # fmt: skip
+
+
+def test_the_summary_states_the_claim_first_and_the_checks_last(tmp_path: Path) -> None:
+    csv = write_table(tmp_path / "m.csv", {"standard": STANDARD, "iaf": IAF, "pcpmap": PCPMAP})
+    text = report.summarize(csv, tmp_path / "summary.md")
+    heads = [line for line in text.splitlines() if line.startswith("## ")]
+    assert heads == ["## The claim", "## Results", "## Checks"]
+    claim = text.split("## The claim\n")[1].split("\n## ")[0]
+    assert "**Verdict from the intervals: shown on this run" in claim
+    assert "| iaf | -0.90 | [" in claim and "| 4 of 4 | lower |" in claim
+    assert "### Claim" not in text  # stated once, first
+
+
+def test_the_committed_summary_is_what_the_report_writes_from_the_committed_data(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """results/summary.md, written again from committed files alone: metrics.csv, the
+    selection, the configs, and the runs' curves as the figure data hold them (test_curve.csv:
+    the test curve and its cumulative CPU seconds; loss_curves.csv: the training loss)."""
+    monkeypatch.chdir(REPO_ROOT)
+    study = pd.read_csv("results/figdata/test_curve.csv", dtype={"variant": str})
+    study = study[study["source"] == "study"].drop(columns="source")
+    study = study.astype({"seed": int, "epoch": int})
+    train = pd.read_csv("results/figdata/loss_curves.csv", dtype={"variant": str})
+    curves = study.merge(train[["variant", "seed", "epoch", "train_loss"]], how="left")
+    metrics = pd.read_csv("results/metrics.csv", dtype={"variant": str})
+    io.write_csv(budgets.budget_table(curves, "standard", metrics), tmp_path / "budgets.csv")
+    io.write_csv(budgets.spikes(curves), tmp_path / "spikes.csv")
+    cfg = config.load([Path("config/config.yaml"), Path("config/selected.yaml")])
+    text = report.summarize(
+        Path("results/metrics.csv"), tmp_path / "summary.md", "standard", (),
+        Path("results/selection.csv"), cfg, None, tmp_path / "budgets.csv",
+        tmp_path / "spikes.csv",
+    )  # fmt: skip
+    assert text == Path("results/summary.md").read_text()
 
 
 def test_checks_table_lists_every_check_and_warns_on_a_failure(tmp_path: Path, caplog) -> None:
@@ -285,11 +331,11 @@ def test_equal_compute_runs_have_their_checks_in_the_summary_and_the_warning(
     ec = table("ec", {"standard": 20, "iaf": 10}, ("standard", 1))
     with caplog.at_level("WARNING"):
         text = report.summarize(final, tmp_path / "s.md", equal_compute_csv=ec)
-    section = text.split("## Equal training time")[1]
+    section = text.split("## Equal training time")[1].split("\n## Checks")[0]
     checked = [r for r in section.split("| check |")[1].splitlines() if "| elbo_error |" in r]
     assert [r.split("|")[1:3] for r in checked] == [[" standard ", " 0 "], [" standard ", " 1 "]]
     assert "1 of 2 checks FAIL: elbo_error for standard seed 1" in section
-    assert "All 4 checks pass." in text.split("## Equal training time")[0]
+    assert "All 4 checks pass." in text.split("\n## Checks")[1]  # the final comparison's
     assert "elbo_error for standard seed 1" in caplog.text
     flagged = report.failed_checks(tmp_path / "s.md")
     assert any("elbo_error for standard seed 1" in line for line in flagged)

@@ -1,8 +1,10 @@
 """The study's summary across seeds, from the table of every evaluation (:mod:`.aggregate`).
 
-``summarize`` writes the markdown report: mean +- sd per variant, paired differences against
-the reference variant (95% t interval, paired t-test), the checks of every model, and one
-sentence, computed from the numbers, saying whether the study's claim holds on this run.
+``summarize`` writes the markdown report, the answer first: the claim, judged from the numbers
+(each flow minus the reference variant, paired over seeds: 95% t interval, paired t-test and
+the difference the seeds detect with 80% power; and, stricter, whether every seed is lower),
+then mean +- sd per variant and the paired differences, the claim per training budget, the
+loss spikes, the hyperparameter protocol, and last the checks of every model.
 """
 
 from __future__ import annotations
@@ -173,8 +175,55 @@ def claim_sentence(df: pd.DataFrame, reference: str, flows: list[str]) -> str:
     return f"{head} does not hold on this run: {'; '.join(fails)}."
 
 
-def _summary_lines(df: pd.DataFrame, reference: str) -> list[str]:
-    """The markdown of one group of runs (the whole study, or one value of a sweep)."""
+def claim_verdict_lines(df: pd.DataFrame, reference: str, flows: list[str]) -> list[str]:
+    """The claim judged from the paired statistics (each flow minus the reference in test
+    loss: mean, 95% t interval, p, the 80%-power detectable difference, the seeds it is lower
+    on), a verdict from the intervals, then the stricter per-seed sentence (claim_sentence)."""
+    per_seed = f"Per seed (stricter: every seed lower): {claim_sentence(df, reference, flows)}"
+    if reference not in set(df["variant"]) or not flows:
+        return [per_seed]
+    rows, lower, higher, undecided = [], [], [], []
+    for v in flows:
+        r = paired_difference(df, v, reference, "test_neg_elbo")
+        if r["n"] == 0:
+            continue
+        word = budgets.verdict(pd.Series(r))
+        {"lower": lower, "higher": higher}.get(word, undecided).append(v)
+        n_lower = int((r["diff"] < 0).sum())
+        p = "n/a" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+        interval = "n/a" if r["n"] < 2 else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+        detect = "n/a" if r["n"] < 2 else f"{r['detectable']:.2f}"
+        rows.append([v, f"{r['mean']:+.2f}", interval, p, detect, f"{n_lower} of {r['n']}", word])
+    header = [
+        "flow", f"flow - {reference} (nats)", "95% interval", "p", "detectable (80%)",
+        "seeds lower", "verdict",
+    ]  # fmt: skip
+    if lower and not (higher or undecided):
+        verdict = f"shown on this run: every flow's 95% interval lies below {reference}'s."
+    elif lower:
+        verdict = (
+            f"shown only in part: lower for {', '.join(lower)}; not for "
+            f"{', '.join(higher + undecided)}."
+        )
+    else:
+        verdict = f"not shown on this run: no flow's 95% interval lies below {reference}'s"
+        verdict += f" (higher: {', '.join(higher)})." if higher else "."
+    return [
+        f'Claim tested: "{CLAIM}". Each flow minus {reference} in test loss (-ELBO, nats), '
+        "paired over seeds: the mean, its 95% t interval, the paired t-test's p, the difference "
+        "these seeds would detect with 80% power, and the seeds on which the flow is lower.",
+        "",
+        *_table(header, rows),
+        "",
+        f"**Verdict from the intervals: {verdict}**",
+        "",
+        per_seed,
+    ]
+
+
+def _summary_lines(df: pd.DataFrame, reference: str, claim: bool = True) -> list[str]:
+    """The markdown of one group of runs (the whole study, or one value of a sweep), ending
+    with the claim unless ``claim`` is false (the study's summary states it first)."""
     variants = sorted(df["variant"].unique(), key=lambda v: (v != reference, v))
     lines = ["Mean ± sd over seeds (lower is better for the losses).", ""]
     lines += _variant_table(df, variants) + [""]
@@ -193,7 +242,11 @@ def _summary_lines(df: pd.DataFrame, reference: str) -> list[str]:
         cost = _cost_line(df, v, reference)
         if cost:
             lines += [cost, ""]
-    return lines + ["### Claim", "", claim_sentence(df, reference, flows)]
+    if not claim:
+        while lines and not lines[-1]:
+            lines.pop()
+        return lines
+    return lines + ["### Claim", "", *claim_verdict_lines(df, reference, flows)]
 
 
 def _checks_of_row(row: pd.Series) -> list[dict]:
@@ -299,7 +352,7 @@ def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
         "the shared learning rates and training lengths crossed with settings of its own "
         f"knobs) on the tuning seed(s) {', '.join(seeds)}, and the one with the lowest mean "
         "final validation -ELBO was selected; the test set played no part in it. The final "
-        f"comparison below trains each variant at its selected setting on the seeds "
+        f"comparison (the results above) trains each variant at its selected setting on the seeds "
         f"{', '.join(map(str, cfg['seeds']))}, none of them a tuning seed, and evaluates the "
         f"test set once (`{selection_csv}` holds every candidate).",
         "",
@@ -313,11 +366,11 @@ def protocol_lines(selection_csv: Path, cfg: dict) -> list[str]:
     if differs:
         lines.append(
             f"**{NOT_SELECTED}** ({', '.join(differs)} "
-            "differ): the results below are not the protocol's. Run `python -m flowvae adopt`, "
-            "then `snakemake` again."
+            "differ): the results of this summary are not the protocol's. Run "
+            "`python -m flowvae adopt`, then `snakemake` again."
         )
     else:
-        lines.append("The config carries these settings: the results below are the protocol's.")
+        lines.append("The config carries these settings: the results above are the protocol's.")
     return lines
 
 
@@ -354,7 +407,7 @@ def equal_compute_lines(
         *_table(["variant", "epochs (equal epochs)", "epochs (equal time)", "train s"], rows),
         "",
         "Checks of the runs trained only for this comparison (the others are the final "
-        "comparison's runs, checked above):",
+        "comparison's runs, checked in the last section):",
         "",
         *_check_lines(checks),
         "",
@@ -382,9 +435,10 @@ def summarize(
 ) -> str:
     """Markdown summary of metrics.csv (per sweep value when present); written to ``out``.
 
-    Starts with the table of every check of every run; each failed check is also logged as a
-    warning at the end (stderr, hence the rule's log). ``notes`` (e.g. which steps a latent
-    size other than 2 leaves out) follow the source line.
+    The claim comes first and the table of every check of every run last; each failed check
+    is also logged as a warning at the end (stderr, hence the rule's log). ``notes`` (e.g.
+    which steps a latent size other than 2 leaves out) follow the source line, and so does a
+    warning when the config does not carry the tuning stage's selection.
     """
     try:
         df = pd.read_csv(metrics_csv)
@@ -396,18 +450,24 @@ def summarize(
     df["variant"] = df["variant"].astype(str)
     lines = ["# Summary", "", f"Source: `{metrics_csv}`; reference variant: {reference}.", ""]
     lines += [*(f"Note: {n}" for n in notes), ""] if notes else []
+    protocol = []
     if selection_csv is not None:
         if cfg is None:
             raise FlowvaeError("the protocol section needs the config the runs were made with")
-        lines += ["## Hyperparameter protocol", ""] + protocol_lines(selection_csv, cfg) + [""]
+        protocol = protocol_lines(selection_csv, cfg)
+        lines += [line for line in protocol if line.startswith(f"**{NOT_SELECTED}")]
+        lines += [""] if lines[-1] else []
     checks = check_table(df)
-    lines += ["## Checks", ""] + _check_lines(checks) + [""]
-    if "sweep" in df and df["sweep"].notna().any():
+    sweeps = "sweep" in df and df["sweep"].notna().any()
+    if sweeps:
         groups = df.groupby(["sweep", "sweep_value"], sort=False, dropna=False)
         for (sweep, value), sub in groups:
             lines += [f"## Sweep {sweep} = {value}", ""] + _summary_lines(sub, reference) + [""]
     else:
-        lines += ["## Results", ""] + _summary_lines(df, reference) + [""]
+        variants = sorted(df["variant"].unique(), key=lambda v: (v != reference, v))
+        flows = [v for v in variants if v != reference]
+        lines += ["## The claim", ""] + claim_verdict_lines(df, reference, flows) + [""]
+        lines += ["## Results", ""] + _summary_lines(df, reference, claim=False) + [""]
     if budgets_csv is not None:
         table = pd.read_csv(budgets_csv, dtype={"variant": str})
         lines += ["## The claim per training budget", "", budgets.DESCRIPTION, ""]
@@ -422,6 +482,9 @@ def summarize(
         ec_checks = check_table(own_runs(df, ec))
         lines += equal_compute_lines(df, ec, ec_checks, reference)
         checks = pd.concat([checks, ec_checks], ignore_index=True)
+    if protocol:
+        lines += ["## Hyperparameter protocol", ""] + protocol + [""]
+    lines += ["## Checks", ""] + _check_lines(check_table(df)) + [""]
     text = "\n".join(lines).rstrip() + "\n"
     io.write_text(out, text)
     failed = checks[~checks["passed"].astype(bool)] if not checks.empty else checks

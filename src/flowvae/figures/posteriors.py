@@ -79,7 +79,31 @@ def posteriors_data(inputs: dict[str, list[Path]], options: dict) -> dict:
 
 
 def _image_title(data: dict, i: int) -> str:
-    return f"digit {int(data['labels'][i])} (test #{int(data['image_index'][i])})"
+    return f"digit {int(data['labels'][i])}\n(test #{int(data['image_index'][i])})"
+
+
+def _images_text(data: dict) -> str:
+    """The test images drawn: '#0-#3' for a run of positions, else '#2267, #956, ...'."""
+    index = [int(i) for i in data["image_index"]]
+    if len(index) > 2 and index == list(range(index[0], index[0] + len(index))):
+        return f"#{index[0]}-#{index[-1]}"
+    return ", ".join(f"#{i}" for i in index)
+
+
+def _which_images(data: dict) -> str:
+    """How the images were picked: the first n of the test set, or the positions given."""
+    index = [int(i) for i in data["image_index"]]
+    if index == list(range(len(index))):
+        return f"the first {len(index)} test images ({_images_text(data)}, not chosen by shape)"
+    return f"test images {_images_text(data)} (evaluate.images)"
+
+
+def _seeds_text(data: dict) -> str:
+    """'seed 0 of every variant', or each variant's seed when they differ."""
+    seeds = [int(s) for s in data["seed"]]
+    if len(set(seeds)) == 1:
+        return f"seed {seeds[0]} of every variant"
+    return ", ".join(f"{v} seed {s}" for v, s in zip(data["variant"], seeds, strict=True))
 
 
 @figure(
@@ -191,17 +215,18 @@ def _panel(data: dict, titles=None):
     "posterior_panel",
     "posteriors",
     "True posterior log p(z|x) + const and approximate posterior log q(z|x) of every variant, "
-    "side by side, for the test images chosen by ``evaluate.images`` (seed {seed}). A flexible "
-    "posterior follows the shape of the true one; a Gaussian can only match an ellipse.",
+    "side by side, for the test images at the positions ``evaluate.images`` names (by default "
+    "the first four of the test set, taken as they come, not chosen for their shape), under "
+    "the model of seed {seed} of every variant. A flexible posterior can follow the shape of "
+    "the true one; a Gaussian can only match an ellipse.",
     "Posteriors",
     latent_2d=True,
 )
 def posterior_panel(data: dict):
     """The study's side-by-side panel: true posterior and q per variant, per image."""
     fig = _panel(data)
-    seeds = ", ".join(f"{v} seed {s}" for v, s in zip(data["variant"], data["seed"], strict=True))
     fig.suptitle(
-        f"True posterior vs approximate posterior ({seeds})\n"
+        f"True posterior vs approximate posterior: {_which_images(data)}, {_seeds_text(data)}\n"
         f"each p/q pair shares its axes, zoomed to where either is within {DEPTH:g} nats of its "
         "maximum"
     )
@@ -259,7 +284,8 @@ def gap_contours_data(inputs: dict[str, list[Path]], options: dict) -> dict:
     "True posterior log p(z|x) + const and approximate posterior log q(z|x) of every variant "
     "for the test images with the largest gap under the reference variant (seed {seed}), each "
     "panel titled with that image's posterior gap KL(q(z|x) || p(z|x)) = log p(x) - ELBO(x) in "
-    "nats, rows sorted by the reference variant's gap.",
+    "nats, rows sorted by the reference variant's gap. Every variant's model is its seed "
+    "{seed}.",
     "Posterior gap",
     latent_2d=True,
     needs_reference=True,
@@ -277,13 +303,18 @@ def gap_contours(data: dict):
     ref = str(data["reference"])
     n_img = data["log_q"].shape[1]
     shown = set(int(i) for i in data["image_index"])
-    listing = ", ".join(
-        f"#{int(i)} ({g:.1f}{'' if int(i) in shown else ', not drawn'})"
+    names = [str(v) for v in data["variant"]]
+    drawn = data["gap"][names.index(ref)] if ref in names else np.array([])
+    smallest = np.nanmin(drawn) if np.isfinite(drawn).any() else np.inf
+    larger = ", ".join(  # images of the test set with a larger gap that are not drawn
+        f"#{int(i)} ({g:.1f} nats)"
         for i, g in zip(data["top_index"], data["top_gap"], strict=True)
+        if int(i) not in shown and g > smallest
     )
     fig.suptitle(
-        f"Posterior gap KL(q || p(z|x)) (per-image -ELBO minus exact NLL): the {n_img} images "
-        f"with the largest {ref} gap, rows by that gap\nLargest {ref} gaps in the test set "
-        f"(nats): {listing or 'n/a'}; each p/q pair shares its zoomed axes"
+        f"Posterior gap KL(q || p(z|x)) (per-image -ELBO minus exact NLL) of the {n_img} test "
+        f"images with the largest {ref} gap, rows by that gap; {_seeds_text(data)}\n"
+        + (f"larger {ref} gaps not drawn: {larger}; " if larger else "")
+        + "each p/q pair shares its zoomed axes"
     )
     return fig
