@@ -16,8 +16,9 @@ gives on a fixed small problem,
 
 Moving or reformatting code changes none of these numbers, so nothing reruns; a changed formula
 changes them, and :func:`check` names the variants whose records today's code would not make.
-Numbers compare with a relative tolerance of 1e-4: far above the rounding differences between
-CPUs, far below what a changed formula moves.
+Numbers compare within 2e-3 (nats; the same for a gradient norm): the other vector kernels of
+another CPU moved them by 6e-5 at most, scaling the IAF's gate by 0.1 moves them by 8e-3 to
+0.1.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from flowvae import io
 from flowvae.errors import DataError
 from flowvae.spec import RunSpec
 
-#: Relative tolerance of a probe's numbers.
-RTOL = 1e-4
+#: How far a probe's numbers may move and still be the same code's.
+TOLERANCE = 2e-3
 PROBE_IMAGES = 512
 PROBE_EPOCHS = 3
 
@@ -88,7 +89,7 @@ def differs(a: dict[str, float], b: dict[str, float]) -> list[str]:
         for name in set(a) | set(b)
         if name not in a
         or name not in b
-        or not math.isclose(a[name], b[name], rel_tol=RTOL, abs_tol=1e-6)
+        or not math.isclose(a[name], b[name], rel_tol=0.0, abs_tol=TOLERANCE)
     )
 
 

@@ -78,7 +78,8 @@ def unless_done(paths, done, while_missing=True):
         names = [names] if isinstance(names, str) else names
         files = [name.format(**fill) for name in names]
         output = done.format(**fill)
-        if os.path.normpath(output) in STUDY.records:  # a missing one would rerun it when made
+        # a record's missing input is left out: Snakemake would rerun it when that is made
+        if os.path.normpath(output) in STUDY.records:
             return [ancient(f) for f in files if os.path.exists(f)]
         if os.path.exists(output) or not while_missing:
             return files
